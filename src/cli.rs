@@ -1,0 +1,367 @@
+//! The `cep` command line: `check`, `replay`, `test`, `explain`.
+//!
+//! A thin layer: each subcommand reads files, drives the pure core and
+//! prints. Exit status is non-zero on any error or test failure.
+
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use crate::compiler::{compile_source, dot, Automaton};
+use crate::engine::{Engine, EngineConfig, Output};
+use crate::input::{self, Format};
+use crate::testfile;
+
+#[derive(Parser)]
+#[command(name = "cep", version, about = "Complex event processing: patterns over keyed event streams")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate pattern files and print every diagnostic.
+    Check {
+        /// Pattern files or directories (searched for `*.cep`).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Backtest patterns over a file of events; alerts go to stdout as JSON lines.
+    Replay {
+        /// A pattern file or a directory of them.
+        #[arg(long, default_value = "patterns/flights")]
+        patterns: PathBuf,
+        /// JSON lines or CSV (header row = field names), optionally zipped; `-` for stdin.
+        #[arg(long, default_value = "data/flights-2013-01.csv")]
+        input: String,
+        /// Input format; guessed from the file name by default.
+        #[arg(long, value_parser = ["jsonl", "csv"])]
+        format: Option<String>,
+        /// Only patterns reading this stream (`from NAME`).
+        #[arg(long)]
+        stream: Option<String>,
+        /// How late an event may arrive and still be matched in order, e.g. `1h`.
+        #[arg(long, default_value = "0s")]
+        lateness: String,
+        /// Cap on concurrent runs per key per pattern.
+        #[arg(long, default_value_t = 10_000)]
+        max_runs_per_key: usize,
+        /// Include the matched events in each alert.
+        #[arg(long)]
+        events: bool,
+        /// CSV cells read as missing.
+        #[arg(long, default_value = "NA")]
+        null: Vec<String>,
+        /// Write late events here (JSON lines).
+        #[arg(long)]
+        late: Option<PathBuf>,
+        /// Write unreadable records and undecodable events here (JSON lines).
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+    },
+    /// Run pattern test files (`*.test.toml`).
+    Test {
+        /// A test file or a directory searched for them.
+        #[arg(default_value = "patterns")]
+        path: PathBuf,
+    },
+    /// Print the compiled automaton as Graphviz DOT.
+    Explain {
+        file: PathBuf,
+        /// Which pattern (default: every pattern in the file).
+        #[arg(long)]
+        pattern: Option<String>,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Check { paths } => check(&paths),
+        Command::Replay {
+            patterns,
+            input,
+            format,
+            stream,
+            lateness,
+            max_runs_per_key,
+            events,
+            null,
+            late,
+            dead_letter,
+        } => (|| {
+            let config = EngineConfig {
+                lateness_ms: testfile::parse_duration(&lateness)?,
+                max_runs_per_key,
+                include_events: events,
+            };
+            let format = match format.as_deref() {
+                Some("csv") => Format::Csv,
+                Some(_) => Format::JsonLines,
+                None => Format::from_path(&input),
+            };
+            replay(&ReplayArgs {
+                patterns: &patterns,
+                input: &input,
+                format,
+                stream: stream.as_deref(),
+                config,
+                null: &null,
+                late: late.as_deref(),
+                dead_letter: dead_letter.as_deref(),
+            })
+        })(),
+        Command::Test { path } => test(&path),
+        Command::Explain { file, pattern } => explain(&file, pattern.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+/// Every `*.cep` file under `path` (or `path` itself), sorted.
+pub fn pattern_files(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if path.is_file() {
+        out.push(path.to_path_buf());
+    } else if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(pattern_files(&p));
+            } else if p.extension().is_some_and(|x| x == "cep") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Compiles every pattern file under `path`.
+pub fn load_patterns(path: &Path) -> Result<Vec<Automaton>, String> {
+    let files = pattern_files(path);
+    if files.is_empty() {
+        return Err(format!("no pattern files (*.cep) at {}", path.display()));
+    }
+    let mut all = Vec::new();
+    let mut errors = String::new();
+    for f in files {
+        let src = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        match compile_source(&f.display().to_string(), &src) {
+            Ok(mut a) => all.append(&mut a),
+            Err(d) => errors.push_str(&d.render()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(all)
+    } else {
+        Err(format!("patterns do not compile:\n{errors}"))
+    }
+}
+
+fn check(paths: &[PathBuf]) -> Result<i32, String> {
+    let mut failed = false;
+    for path in paths {
+        let files = pattern_files(path);
+        if files.is_empty() {
+            return Err(format!("no pattern files (*.cep) at {}", path.display()));
+        }
+        for f in files {
+            let src = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            match compile_source(&f.display().to_string(), &src) {
+                Ok(a) => println!("ok: {} ({} pattern{})", f.display(), a.len(), if a.len() == 1 { "" } else { "s" }),
+                Err(d) => {
+                    failed = true;
+                    eprint!("{}", d.render());
+                }
+            }
+        }
+    }
+    Ok(i32::from(failed))
+}
+
+struct ReplayArgs<'a> {
+    patterns: &'a Path,
+    input: &'a str,
+    format: Format,
+    stream: Option<&'a str>,
+    config: EngineConfig,
+    null: &'a [String],
+    late: Option<&'a Path>,
+    dead_letter: Option<&'a Path>,
+}
+
+fn replay(args: &ReplayArgs) -> Result<i32, String> {
+    let automata = load_patterns(args.patterns)?;
+    let mut engine = Engine::new(automata, args.config);
+    let (records, len) = input::open(args.input, args.format, args.null)
+        .map_err(|e| format!("{}: {e}", args.input))?;
+    let bar = match len {
+        Some(len) => indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}")
+                .unwrap(),
+        ),
+        None => indicatif::ProgressBar::hidden(),
+    };
+    let create = |p: &Path| {
+        std::fs::File::create(p)
+            .map(BufWriter::new)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut late_out = args.late.map(create).transpose()?;
+    let mut dead_out = args.dead_letter.map(create).transpose()?;
+    let stdout = io::stdout();
+    let mut alerts_out = BufWriter::with_capacity(1 << 16, stdout.lock());
+
+    let started = Instant::now();
+    let (mut events, mut bad, mut late, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    let mut first_problems: Vec<String> = Vec::new();
+    let mut out = Output::default();
+    let mut write_out = |out: &mut Output,
+                         first: &mut Vec<String>,
+                         bad: Option<input::BadRecord>|
+     -> io::Result<()> {
+        if let (Some(b), Some(w)) = (bad, dead_out.as_mut()) {
+            serde_json::to_writer(&mut *w, &b)?;
+            w.write_all(b"\n")?;
+        }
+        for a in out.alerts.drain(..) {
+            serde_json::to_writer(&mut alerts_out, &a)?;
+            alerts_out.write_all(b"\n")?;
+        }
+        late += out.late.len() as u64;
+        for l in out.late.drain(..) {
+            if let Some(w) = late_out.as_mut() {
+                serde_json::to_writer(&mut *w, &l)?;
+                w.write_all(b"\n")?;
+            }
+        }
+        rejected += out.rejected.len() as u64;
+        for r in out.rejected.drain(..) {
+            if first.len() < 5 {
+                first.push(format!("pattern {}: {}", r.pattern, r.reason));
+            }
+            if let Some(w) = dead_out.as_mut() {
+                serde_json::to_writer(&mut *w, &r)?;
+                w.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    };
+    let io_err = |e: io::Error| format!("writing output: {e}");
+    for (n, rec) in records.enumerate() {
+        let mut unreadable = None;
+        match rec {
+            Ok(r) => {
+                events += 1;
+                if n % 4096 == 0 {
+                    bar.inc(r.bytes * 4096);
+                }
+                engine.push(args.stream, &Arc::new(r.doc), r.hash, &mut out);
+            }
+            Err(b) => {
+                bad += 1;
+                if first_problems.len() < 5 {
+                    first_problems.push(format!("line {}: {}", b.line, b.reason));
+                }
+                unreadable = Some(b);
+            }
+        }
+        write_out(&mut out, &mut first_problems, unreadable).map_err(io_err)?;
+    }
+    engine.flush(&mut out);
+    write_out(&mut out, &mut first_problems, None).map_err(io_err)?;
+    drop(write_out);
+    alerts_out.flush().map_err(io_err)?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+
+    let mut err = io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "replayed {events} events in {secs:.2}s ({:.0} events/s); {bad} unreadable records, {rejected} undecodable, {late} late",
+        events as f64 / secs.max(1e-9)
+    );
+    for s in engine.stats() {
+        let _ = writeln!(
+            err,
+            "  {:<28} v{} {:>7} matches {:>6} timeouts{}{}",
+            s.pattern,
+            s.version,
+            s.matched.matches,
+            s.matched.timeouts,
+            if s.shadow { "  (shadow: not emitted)" } else { "" },
+            if s.matched.runs_dropped > 0 {
+                format!("  ({} runs dropped at the per-key cap)", s.matched.runs_dropped)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for p in &first_problems {
+        let _ = writeln!(err, "  problem: {p}");
+    }
+    if late > 0 && args.late.is_none() {
+        let _ = writeln!(err, "  {late} late events were not matched; keep them with --late FILE or raise --lateness");
+    }
+    if (bad > 0 || rejected > 0) && args.dead_letter.is_none() {
+        let _ = writeln!(err, "  keep unreadable and undecodable records with --dead-letter FILE");
+    }
+    Ok(0)
+}
+
+fn test(path: &Path) -> Result<i32, String> {
+    let files = testfile::discover(path);
+    if files.is_empty() {
+        return Err(format!("no test files (*.test.toml) at {}", path.display()));
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for f in files {
+        let results = match testfile::run_file(&f) {
+            Ok(r) => r,
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}\n    {}", f.display(), e.replace('\n', "\n    "));
+                continue;
+            }
+        };
+        for r in results {
+            if r.failures.is_empty() {
+                passed += 1;
+                println!("ok   {} :: {}", f.display(), r.name);
+            } else {
+                failed += 1;
+                println!("FAIL {} :: {}", f.display(), r.name);
+                for fail in r.failures {
+                    println!("    {}", fail.replace('\n', "\n    "));
+                }
+            }
+        }
+    }
+    println!("\ncep test: {passed} passed, {failed} failed");
+    Ok(i32::from(failed > 0))
+}
+
+fn explain(file: &Path, pattern: Option<&str>) -> Result<i32, String> {
+    let automata = load_patterns(file)?;
+    let mut shown = 0;
+    for a in &automata {
+        if pattern.is_none_or(|p| p == a.name) {
+            print!("{}", dot::to_dot(a));
+            shown += 1;
+        }
+    }
+    if shown == 0 {
+        return Err(format!("no pattern named `{}` in {}", pattern.unwrap_or(""), file.display()));
+    }
+    Ok(0)
+}

@@ -1,0 +1,135 @@
+//! Alerts: what a match or an expired partial match turns into.
+//!
+//! An alert is plain JSON. Its `alert_id` is a hash of the pattern, version,
+//! key, kind and the identity (time and content hash) of every bound event,
+//! so the same input gives the same id in every run, after a restore, and
+//! after a re-delivery: downstream systems can deduplicate on it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::compiler::{Automaton, Binding, CExpr, Env};
+use crate::event::{stable_hash, Key};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    Match,
+    Timeout,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub alert_id: String,
+    pub pattern: String,
+    pub version: u32,
+    pub kind: AlertKind,
+    pub key: serde_json::Value,
+    /// Event time of the first bound event, RFC 3339.
+    pub start: String,
+    /// Event time of the last bound event (for an absence, when its window
+    /// closed), RFC 3339.
+    pub end: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub severity: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub labels: BTreeMap<String, String>,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The matched events by variable, when the engine is asked to keep them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub events: Option<BTreeMap<String, Vec<serde_json::Value>>>,
+    /// Variable and content hash of each bound event, in binding order (for
+    /// tests and tools; not part of the JSON).
+    #[serde(skip)]
+    pub bound: Vec<(String, u64)>,
+    #[serde(skip)]
+    pub shadow: bool,
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Builds the alert for a run's bindings.
+pub fn build(
+    a: &Automaton,
+    kind: AlertKind,
+    key: &Key,
+    bindings: &[Binding],
+    start: i64,
+    end: i64,
+    include_events: bool,
+) -> Alert {
+    let env = Env {
+        current: None,
+        bindings,
+        key: Some(key),
+        start,
+        end,
+    };
+    let outputs: &[(String, CExpr)] = match kind {
+        AlertKind::Match => &a.emit,
+        AlertKind::Timeout => a.on_timeout.as_deref().unwrap_or(&[]),
+    };
+    let fields = outputs
+        .iter()
+        .map(|(name, e)| (name.clone(), e.eval(&env).to_json()))
+        .collect();
+
+    let mut id = Vec::with_capacity(64);
+    id.extend_from_slice(a.name.as_bytes());
+    id.push(0);
+    id.extend_from_slice(&a.version.to_le_bytes());
+    id.extend_from_slice(key.0.as_bytes());
+    id.push(kind as u8);
+    for b in bindings {
+        id.extend_from_slice(&b.var.to_le_bytes());
+        id.extend_from_slice(&b.event.time.to_le_bytes());
+        id.extend_from_slice(&b.event.hash.to_le_bytes());
+    }
+    id.extend_from_slice(&end.to_le_bytes());
+    let alert_id = format!(
+        "{:016x}{:016x}",
+        stable_hash(&id, 0),
+        stable_hash(&id, 0x9e37_79b9_7f4a_7c15)
+    );
+
+    let events = include_events.then(|| {
+        let mut by_var: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+        for b in bindings {
+            let doc = b.event.raw.as_deref().cloned().unwrap_or(serde_json::Value::Null);
+            by_var
+                .entry(a.vars[b.var as usize].name.clone())
+                .or_default()
+                .push(doc);
+        }
+        by_var
+    });
+
+    Alert {
+        alert_id,
+        pattern: a.name.clone(),
+        version: a.version,
+        kind,
+        key: key.to_json(),
+        start: rfc3339(start),
+        end: rfc3339(end),
+        start_ms: start,
+        end_ms: end,
+        severity: a.severity.clone(),
+        labels: a.labels.iter().cloned().collect(),
+        fields,
+        events,
+        bound: bindings
+            .iter()
+            .map(|b| (a.vars[b.var as usize].name.clone(), b.event.hash))
+            .collect(),
+        shadow: a.shadow,
+    }
+}

@@ -1,0 +1,414 @@
+//! Runs: the per-key state of one pattern, and how an event moves it.
+//!
+//! A [`Run`] is a partial match: the wait point ([`Node`]) it is at, which of
+//! the node's entries are still alive, and the events bound so far. Every key
+//! keeps its runs in the order they started. An event, offered in event-time
+//! order, is first used to expire runs whose window has closed, then offered
+//! to every run, then may start a new run of its own.
+//!
+//! Semantics, in one place:
+//! - An entry takes the event when the event satisfies its variable's
+//!   condition. Entries are tried in priority order; the first that takes it
+//!   moves the run (for `then any`, every entry that takes it forks a run and
+//!   the waiting run stays).
+//! - An event no entry takes removes the entries that wait with strict
+//!   contiguity (`next`); relaxed ones keep waiting. A run with nothing left
+//!   is gone.
+//! - A negation guarding an entry removes it when an event matches the
+//!   negated variable (`next not x`: only the first event after arriving).
+//! - A run accepts as soon as `Accept` is reachable and no preferred (greedy)
+//!   entry is still alive; behind `then not x` it accepts only when its
+//!   window closes.
+//! - `within` is measured from the first bound event: an event at or after
+//!   `first + within` cannot join; `max gap` likewise from the last bound
+//!   event. When the watermark passes a run's deadline the run expires: it
+//!   accepts if it can, otherwise becomes a `timeout` alert when the pattern
+//!   has `on timeout emit`.
+//! - After a match, the skip strategy discards runs that started too early
+//!   (every strategy is "discard runs that started before position P").
+//! - At most `max_runs_per_key` runs per key: beyond it the oldest runs are
+//!   dropped and counted in `runs_dropped`.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::compiler::{Automaton, Binding, Entry, Env, NodeId, SkipPlan};
+use crate::dsl::ast::Contiguity;
+use crate::event::{Event, Key};
+
+use super::alert::{self, Alert, AlertKind};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    node: NodeId,
+    alive: u64,
+    /// No event has been offered since the run arrived at `node`.
+    fresh: bool,
+    start_pos: u64,
+    start_time: i64,
+    last_time: i64,
+    bindings: Vec<Binding>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyRuns {
+    runs: Vec<Run>,
+    /// Position of the next event of this key.
+    next_pos: u64,
+    /// Deadline of this key's pending timer, `i64::MAX` for none.
+    scheduled: i64,
+}
+
+/// Counters of one pattern.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MatchStats {
+    pub events: u64,
+    pub matches: u64,
+    pub timeouts: u64,
+    pub runs_started: u64,
+    pub runs_expired: u64,
+    pub runs_dropped: u64,
+}
+
+/// All run state of one pattern. Plain data: serialisable as a whole.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Matcher {
+    keys: FxHashMap<Key, KeyRuns>,
+    timers: BinaryHeap<Reverse<(i64, Key)>>,
+    pub stats: MatchStats,
+}
+
+/// Settings that shape matching.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_runs_per_key: usize,
+    pub include_events: bool,
+}
+
+impl Matcher {
+    pub fn active_keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn active_runs(&self) -> usize {
+        self.keys.values().map(|k| k.runs.len()).sum()
+    }
+
+    /// Offers one event, in event-time order for its key.
+    pub fn on_event(&mut self, a: &Automaton, ev: Event, lim: Limits, out: &mut Vec<Alert>) {
+        self.stats.events += 1;
+        if !self.keys.contains_key(&ev.key) && !can_start(a, &ev) {
+            return;
+        }
+        let ev = Arc::new(ev);
+        let ks = self.keys.entry(ev.key.clone()).or_insert_with(|| KeyRuns {
+            scheduled: i64::MAX,
+            ..KeyRuns::default()
+        });
+        let mut cx = Step {
+            a,
+            key: &ev.key,
+            lim,
+            out,
+            stats: &mut self.stats,
+        };
+        // Runs whose window closed before this event end first.
+        cx.expire(ks, ev.time);
+        let pos = ks.next_pos;
+        ks.next_pos += 1;
+        cx.offer(ks, &ev, pos);
+        if ks.runs.len() > lim.max_runs_per_key {
+            let excess = ks.runs.len() - lim.max_runs_per_key;
+            ks.runs.drain(..excess);
+            self.stats.runs_dropped += excess as u64;
+        }
+        let key = ev.key.clone();
+        self.reschedule(a, key);
+    }
+
+    /// Fires every deadline at or before `watermark`.
+    pub fn advance(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
+        while let Some(Reverse((deadline, _))) = self.timers.peek() {
+            if *deadline > watermark {
+                break;
+            }
+            let Reverse((deadline, key)) = self.timers.pop().unwrap();
+            let Some(ks) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            if ks.scheduled != deadline {
+                continue; // superseded by an earlier timer
+            }
+            ks.scheduled = i64::MAX;
+            let mut cx = Step {
+                a,
+                key: &key,
+                lim,
+                out,
+                stats: &mut self.stats,
+            };
+            cx.expire(ks, watermark);
+            self.reschedule(a, key);
+        }
+    }
+
+    fn reschedule(&mut self, a: &Automaton, key: Key) {
+        let Some(ks) = self.keys.get_mut(&key) else {
+            return;
+        };
+        if ks.runs.is_empty() {
+            self.keys.remove(&key);
+            return;
+        }
+        let deadline = ks.runs.iter().map(|r| deadline(a, r)).min().unwrap();
+        if deadline < ks.scheduled {
+            ks.scheduled = deadline;
+            self.timers.push(Reverse((deadline, key)));
+        }
+    }
+}
+
+/// Whether `ev` could start a run: some entry of the start node takes it.
+fn can_start(a: &Automaton, ev: &Event) -> bool {
+    let env = Env {
+        current: Some(ev),
+        bindings: &[],
+        key: None,
+        start: 0,
+        end: 0,
+    };
+    a.nodes[a.start as usize].entries.iter().any(|e| match e {
+        Entry::Consume { var, .. } => a.conditions[*var as usize]
+            .as_ref()
+            .is_none_or(|c| c.test(&env)),
+        Entry::Accept => false,
+    })
+}
+
+fn deadline(a: &Automaton, r: &Run) -> i64 {
+    let w = a.within.map_or(i64::MAX, |w| r.start_time.saturating_add(w));
+    let g = a.max_gap.map_or(i64::MAX, |g| r.last_time.saturating_add(g));
+    w.min(g)
+}
+
+struct Step<'a> {
+    a: &'a Automaton,
+    key: &'a Key,
+    lim: Limits,
+    out: &'a mut Vec<Alert>,
+    stats: &'a mut MatchStats,
+}
+
+enum Settle {
+    Wait(Run),
+    Accept(Run),
+}
+
+impl Step<'_> {
+    /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
+    fn offer(&mut self, ks: &mut KeyRuns, ev: &Arc<Event>, pos: u64) {
+        let old = std::mem::take(&mut ks.runs);
+        let mut next: Vec<Run> = Vec::with_capacity(old.len() + 1);
+        let mut floor = 0u64;
+        for run in old {
+            if run.start_pos < floor {
+                continue;
+            }
+            self.step(run, ev, pos, &mut next, &mut floor);
+        }
+        if pos >= floor {
+            let seed = Run {
+                node: self.a.start,
+                alive: u64::MAX,
+                fresh: true,
+                start_pos: pos,
+                start_time: ev.time,
+                last_time: ev.time,
+                bindings: Vec::new(),
+            };
+            self.step(seed, ev, pos, &mut next, &mut floor);
+        }
+        ks.runs = next;
+    }
+
+    fn step(&mut self, mut run: Run, ev: &Arc<Event>, pos: u64, next: &mut Vec<Run>, floor: &mut u64) {
+        let a = self.a;
+        let node = &a.nodes[run.node as usize];
+        let seed = run.bindings.is_empty();
+        let mut alive = run.alive;
+        {
+            let env = Env {
+                current: Some(ev),
+                bindings: &run.bindings,
+                key: Some(self.key),
+                start: run.start_time,
+                end: ev.time,
+            };
+            for g in &node.guards {
+                if alive & g.mask != 0
+                    && (!g.strict || run.fresh)
+                    && a.conditions[g.var as usize].as_ref().is_none_or(|c| c.test(&env))
+                {
+                    alive &= !g.mask;
+                }
+            }
+            let mut moved = false;
+            for (i, e) in node.entries.iter().enumerate() {
+                let Entry::Consume {
+                    var,
+                    contiguity,
+                    target,
+                    ..
+                } = e
+                else {
+                    continue;
+                };
+                if alive & (1 << i) == 0 {
+                    continue;
+                }
+                if !a.conditions[*var as usize].as_ref().is_none_or(|c| c.test(&env)) {
+                    continue;
+                }
+                let mut bindings = Vec::with_capacity(run.bindings.len() + 1);
+                bindings.extend_from_slice(&run.bindings);
+                bindings.push(Binding {
+                    var: *var,
+                    pos,
+                    event: ev.clone(),
+                });
+                let taken = Run {
+                    node: *target,
+                    alive: a.nodes[*target as usize].full_mask(),
+                    fresh: true,
+                    start_pos: run.start_pos,
+                    start_time: run.start_time,
+                    last_time: ev.time,
+                    bindings,
+                };
+                if seed {
+                    self.stats.runs_started += 1;
+                }
+                self.place(taken, next, floor);
+                if *contiguity != Contiguity::Any {
+                    moved = true;
+                    break;
+                }
+            }
+            if moved || seed {
+                return;
+            }
+        }
+        run.alive = alive & !node.strict_mask;
+        run.fresh = false;
+        if run.alive == 0 {
+            return;
+        }
+        self.place(run, next, floor);
+    }
+
+    /// Keeps a run waiting, or accepts it.
+    fn place(&mut self, run: Run, next: &mut Vec<Run>, floor: &mut u64) {
+        if run.start_pos < *floor {
+            return;
+        }
+        match self.settle(run) {
+            Settle::Wait(run) => next.push(run),
+            Settle::Accept(run) => {
+                let f = self.emit_match(&run, None);
+                if f > *floor {
+                    *floor = f;
+                    next.retain(|r| r.start_pos >= f);
+                }
+            }
+        }
+    }
+
+    fn settle(&self, run: Run) -> Settle {
+        let node = &self.a.nodes[run.node as usize];
+        let Some(ai) = node.accept else {
+            return Settle::Wait(run);
+        };
+        let ready = run.alive & (1 << ai) != 0
+            && !node.accept_at_expiry
+            && !(node.accept_after_next && run.fresh)
+            && run.alive & node.before_accept_mask == 0;
+        if ready {
+            Settle::Accept(run)
+        } else {
+            Settle::Wait(run)
+        }
+    }
+
+    /// Emits a match and returns the skip floor it sets.
+    fn emit_match(&mut self, run: &Run, end: Option<i64>) -> u64 {
+        let a = self.a;
+        self.stats.matches += 1;
+        let end = end.unwrap_or(run.last_time);
+        self.out.push(alert::build(
+            a,
+            AlertKind::Match,
+            self.key,
+            &run.bindings,
+            run.start_time,
+            end,
+            self.lim.include_events,
+        ));
+        let first_pos = |v| run.bindings.iter().find(|b| b.var == v).map(|b| b.pos);
+        let last_pos = |v| run.bindings.iter().rev().find(|b| b.var == v).map(|b| b.pos);
+        let last = run.bindings.last().map_or(run.start_pos, |b| b.pos);
+        match a.skip {
+            SkipPlan::NoSkip => 0,
+            SkipPlan::ToNext => run.start_pos + 1,
+            SkipPlan::PastLast => last + 1,
+            SkipPlan::ToFirst(v) => first_pos(v).unwrap_or(run.start_pos + 1),
+            SkipPlan::ToLast(v) => last_pos(v).unwrap_or(run.start_pos + 1),
+        }
+    }
+
+    /// Ends the runs whose deadline is at or before `now`.
+    fn expire(&mut self, ks: &mut KeyRuns, now: i64) {
+        if !ks.runs.iter().any(|r| deadline(self.a, r) <= now) {
+            return;
+        }
+        let old = std::mem::take(&mut ks.runs);
+        let mut floor = 0u64;
+        let mut keep = Vec::with_capacity(old.len());
+        for run in old {
+            if run.start_pos < floor {
+                continue;
+            }
+            let d = deadline(self.a, &run);
+            if d > now {
+                keep.push(run);
+                continue;
+            }
+            self.stats.runs_expired += 1;
+            let node = &self.a.nodes[run.node as usize];
+            if node.accept.is_some_and(|ai| run.alive & (1 << ai) != 0) {
+                // A greedy tail or an absence: the window closing completes it.
+                let end = node.accept_at_expiry.then_some(d);
+                let f = self.emit_match(&run, end);
+                if f > floor {
+                    floor = f;
+                    keep.retain(|r: &Run| r.start_pos >= f);
+                }
+            } else if self.a.on_timeout.is_some() {
+                self.stats.timeouts += 1;
+                self.out.push(alert::build(
+                    self.a,
+                    AlertKind::Timeout,
+                    self.key,
+                    &run.bindings,
+                    run.start_time,
+                    run.last_time,
+                    self.lim.include_events,
+                ));
+            }
+        }
+        ks.runs = keep;
+    }
+}

@@ -1,0 +1,308 @@
+//! The engine: a set of compiled patterns and all their run state.
+//!
+//! The third stage of the pipeline. For each pattern the engine decodes an
+//! incoming JSON document into an [`Event`] (key, event time, slots), puts it
+//! in the pattern's reorder buffer ([`crate::time`]), and feeds the events the
+//! watermark releases, in event-time order, to the pattern's [`Matcher`].
+//! Deadlines (windows, absences, timeouts) fire as the watermark passes them.
+//!
+//! Everything mutable lives in [`PatternState`], which is plain serde data:
+//! [`Engine::snapshot`] and [`Engine::restore`] move the whole engine (runs,
+//! buffers, watermarks, counters) across a restart, and a restored engine
+//! emits exactly what an uninterrupted one would have.
+//!
+//! The engine does no I/O and knows no clock: the CLI, tests and benchmarks
+//! drive it directly, and the service will drive it from Kafka.
+
+pub mod alert;
+pub mod matcher;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compiler::Automaton;
+use crate::event::{lookup, parse_time, DecodeError, Event, Key, KEY_SEPARATOR};
+use crate::time::{Push, ReorderBuffer};
+use crate::value::Value;
+
+pub use alert::{Alert, AlertKind};
+pub use matcher::{Limits, MatchStats, Matcher};
+
+/// How the engine treats time and bounds its state.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// How far (ms) behind the newest event an event may arrive and still be
+    /// matched in order. Later ones go to the late output.
+    pub lateness_ms: i64,
+    /// Cap on concurrent runs per key per pattern; the oldest runs are
+    /// dropped (and counted) beyond it.
+    pub max_runs_per_key: usize,
+    /// Carry the matched events, by variable, in each alert.
+    pub include_events: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lateness_ms: 0,
+            max_runs_per_key: 10_000,
+            include_events: false,
+        }
+    }
+}
+
+/// The mutable state of one pattern.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PatternState {
+    buffer: ReorderBuffer<Event>,
+    matcher: Matcher,
+    pub late: u64,
+    pub rejected: u64,
+    pub shadow_alerts: u64,
+}
+
+/// An event that arrived behind the watermark.
+#[derive(Clone, Debug, Serialize)]
+pub struct LateEvent {
+    pub pattern: String,
+    pub event_time: i64,
+    pub watermark: i64,
+    pub event: serde_json::Value,
+}
+
+/// A document a pattern could not decode (no key, no time, bad time).
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejected {
+    pub pattern: String,
+    pub reason: String,
+}
+
+/// What one call produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub alerts: Vec<Alert>,
+    pub late: Vec<LateEvent>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Counters of one pattern, for summaries and metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct PatternStats {
+    pub pattern: String,
+    pub version: u32,
+    pub shadow: bool,
+    pub matched: MatchStats,
+    pub late: u64,
+    pub rejected: u64,
+    pub buffered: usize,
+    pub active_keys: usize,
+    pub active_runs: usize,
+    pub watermark: i64,
+}
+
+/// A whole engine's state, tagged with the patterns it belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    patterns: Vec<(String, String, PatternState)>,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    patterns: Vec<(Automaton, PatternState)>,
+}
+
+impl Engine {
+    pub fn new(automata: Vec<Automaton>, config: EngineConfig) -> Engine {
+        let patterns = automata
+            .into_iter()
+            .map(|a| {
+                let state = PatternState {
+                    buffer: ReorderBuffer::new(config.lateness_ms),
+                    matcher: Matcher::default(),
+                    late: 0,
+                    rejected: 0,
+                    shadow_alerts: 0,
+                };
+                (a, state)
+            })
+            .collect();
+        Engine { config, patterns }
+    }
+
+    pub fn automata(&self) -> impl Iterator<Item = &Automaton> {
+        self.patterns.iter().map(|(a, _)| a)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_runs_per_key: self.config.max_runs_per_key,
+            include_events: self.config.include_events,
+        }
+    }
+
+    /// Feeds a document of `stream` (`None`: to every pattern). `hash`
+    /// identifies the input record (see [`crate::event::stable_hash`]).
+    pub fn push(
+        &mut self,
+        stream: Option<&str>,
+        doc: &Arc<serde_json::Value>,
+        hash: u64,
+        out: &mut Output,
+    ) {
+        for i in 0..self.patterns.len() {
+            let a = &self.patterns[i].0;
+            if stream.is_some_and(|s| s != a.stream) {
+                continue;
+            }
+            let raw = self.config.include_events.then(|| doc.clone());
+            match decode(a, doc, hash, raw) {
+                Ok(ev) => self.push_event(i, ev, out),
+                Err(e) => {
+                    out.rejected.push(Rejected {
+                        pattern: a.name.clone(),
+                        reason: e.0,
+                    });
+                    self.patterns[i].1.rejected += 1;
+                }
+            }
+        }
+    }
+
+    /// Feeds an event already decoded for pattern number `index`.
+    pub fn push_event(&mut self, index: usize, ev: Event, out: &mut Output) {
+        let lim = self.limits();
+        let (a, st) = &mut self.patterns[index];
+        let mark = out.alerts.len();
+        match st.buffer.push(ev.time, ev) {
+            Push::Late(ev) => {
+                st.late += 1;
+                out.late.push(LateEvent {
+                    pattern: a.name.clone(),
+                    event_time: ev.time,
+                    watermark: st.buffer.watermark(),
+                    event: ev.raw.as_deref().cloned().unwrap_or_else(|| {
+                        serde_json::json!({"key": ev.key.to_json(), "time": ev.time})
+                    }),
+                });
+                return;
+            }
+            Push::Ready(ev) => st.matcher.on_event(a, ev, lim, &mut out.alerts),
+            Push::Buffered => {}
+        }
+        while let Some(ev) = st.buffer.pop_ready() {
+            st.matcher.on_event(a, ev, lim, &mut out.alerts);
+        }
+        st.matcher
+            .advance(a, st.buffer.watermark(), lim, &mut out.alerts);
+        if a.shadow {
+            st.shadow_alerts += (out.alerts.len() - mark) as u64;
+            out.alerts.truncate(mark);
+        }
+    }
+
+    /// End of input: releases every buffered event and closes every window.
+    pub fn flush(&mut self, out: &mut Output) {
+        let lim = self.limits();
+        for (a, st) in &mut self.patterns {
+            let mark = out.alerts.len();
+            st.buffer.flush();
+            while let Some(ev) = st.buffer.pop_ready() {
+                st.matcher.on_event(a, ev, lim, &mut out.alerts);
+            }
+            st.matcher.advance(a, i64::MAX, lim, &mut out.alerts);
+            if a.shadow {
+                st.shadow_alerts += (out.alerts.len() - mark) as u64;
+                out.alerts.truncate(mark);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Vec<PatternStats> {
+        self.patterns
+            .iter()
+            .map(|(a, st)| PatternStats {
+                pattern: a.name.clone(),
+                version: a.version,
+                shadow: a.shadow,
+                matched: st.matcher.stats.clone(),
+                late: st.late,
+                rejected: st.rejected,
+                buffered: st.buffer.len(),
+                active_keys: st.matcher.active_keys(),
+                active_runs: st.matcher.active_runs(),
+                watermark: st.buffer.watermark(),
+            })
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            patterns: self
+                .patterns
+                .iter()
+                .map(|(a, st)| (a.name.clone(), a.source_hash.clone(), st.clone()))
+                .collect(),
+        }
+    }
+
+    /// Restores state saved by [`Engine::snapshot`]. Patterns whose source
+    /// changed since the snapshot start afresh; the names of those are
+    /// returned.
+    pub fn restore(&mut self, snap: Snapshot) -> Vec<String> {
+        let mut fresh = Vec::new();
+        for (a, st) in &mut self.patterns {
+            match snap
+                .patterns
+                .iter()
+                .find(|(n, h, _)| *n == a.name && *h == a.source_hash)
+            {
+                Some((_, _, saved)) => *st = saved.clone(),
+                None => fresh.push(a.name.clone()),
+            }
+        }
+        fresh
+    }
+}
+
+/// Decodes a document for one pattern: key, event time and slots.
+pub fn decode(
+    a: &Automaton,
+    doc: &serde_json::Value,
+    hash: u64,
+    raw: Option<Arc<serde_json::Value>>,
+) -> Result<Event, DecodeError> {
+    let key = if a.key_paths.is_empty() {
+        Key::new("")
+    } else {
+        let mut text = String::new();
+        for (n, p) in a.key_paths.iter().enumerate() {
+            let v = lookup(doc, p)
+                .map(Value::from_json)
+                .filter(|v| !v.is_absent())
+                .ok_or_else(|| DecodeError(format!("missing key field `{}`", p.join("."))))?;
+            if n > 0 {
+                text.push(KEY_SEPARATOR);
+            }
+            text.push_str(&v.text().unwrap_or_default());
+        }
+        Key::new(&text)
+    };
+    let tv = lookup(doc, &a.time.field.segments).ok_or_else(|| {
+        DecodeError(format!("missing time field `{}`", a.time.field.dotted()))
+    })?;
+    let time = parse_time(tv, &a.time.format).map_err(DecodeError)?;
+    let slots = a
+        .fields
+        .paths
+        .iter()
+        .map(|p| lookup(doc, p).map_or(Value::Missing, Value::from_json))
+        .collect();
+    Ok(Event {
+        time,
+        key,
+        slots,
+        hash,
+        raw,
+    })
+}

@@ -1,0 +1,142 @@
+//! Events as the engine sees them: a key, an event time and decoded slots.
+//!
+//! Input arrives as JSON. Each compiled pattern knows which field paths its
+//! conditions and outputs read (its [`FieldTable`]); decoding pulls exactly
+//! those into a boxed slice of [`Value`]s once, so the matching loop never
+//! touches JSON or hashes a field name. The original document is kept (behind
+//! an `Arc`, shared by every run that binds the event) for alerts that carry
+//! their matched events.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use serde::{Deserialize, Serialize};
+
+use crate::dsl::ast::TimeFormat;
+use crate::value::Value;
+
+/// The partition key of an event, as text. A composite key joins its parts
+/// with the unit separator (U+001F), which never appears in real keys.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Key(pub Arc<str>);
+
+pub const KEY_SEPARATOR: char = '\u{1f}';
+
+impl Key {
+    pub fn new(s: &str) -> Key {
+        Key(Arc::from(s))
+    }
+    /// The key as it appears in an alert: a string, or an array of strings
+    /// for a composite key.
+    pub fn to_json(&self) -> serde_json::Value {
+        if self.0.contains(KEY_SEPARATOR) {
+            serde_json::Value::Array(
+                self.0
+                    .split(KEY_SEPARATOR)
+                    .map(|s| serde_json::Value::String(s.to_string()))
+                    .collect(),
+            )
+        } else {
+            serde_json::Value::String(self.0.to_string())
+        }
+    }
+}
+
+/// One decoded event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event time, epoch milliseconds.
+    pub time: i64,
+    pub key: Key,
+    /// The pattern's fields, in [`FieldTable`] order.
+    pub slots: Box<[Value]>,
+    /// A stable hash of the event's bytes; feeds the alert id.
+    pub hash: u64,
+    /// The original document, when alerts should carry matched events.
+    pub raw: Option<Arc<serde_json::Value>>,
+}
+
+/// Field paths a pattern reads, each with its slot number.
+#[derive(Clone, Debug, Default)]
+pub struct FieldTable {
+    pub paths: Vec<Vec<String>>,
+}
+
+impl FieldTable {
+    /// The slot of `path`, adding it if new.
+    pub fn slot(&mut self, path: &[String]) -> usize {
+        if let Some(n) = self.paths.iter().position(|p| p == path) {
+            return n;
+        }
+        self.paths.push(path.to_vec());
+        self.paths.len() - 1
+    }
+}
+
+/// Follows a dotted path into a JSON document.
+pub fn lookup<'a>(doc: &'a serde_json::Value, path: &[String]) -> Option<&'a serde_json::Value> {
+    let mut cur = doc;
+    for seg in path {
+        cur = match cur {
+            serde_json::Value::Object(map) => map.get(seg)?,
+            serde_json::Value::Array(items) => items.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Why an input record could not become an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Reads an event time as epoch milliseconds.
+pub fn parse_time(v: &serde_json::Value, format: &TimeFormat) -> Result<i64, String> {
+    use serde_json::Value as J;
+    let number = |v: &J| v.as_i64().map(|i| i as f64).or_else(|| v.as_f64());
+    match (format, v) {
+        (TimeFormat::Auto | TimeFormat::Millis, J::Number(_)) => Ok(number(v).unwrap() as i64),
+        (TimeFormat::Seconds, J::Number(_)) => Ok((number(v).unwrap() * 1000.0).round() as i64),
+        (TimeFormat::Millis, J::String(s)) => s.trim().parse().map_err(|_| bad(s, "epoch millis")),
+        (TimeFormat::Seconds, J::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map(|x| (x * 1000.0).round() as i64)
+            .map_err(|_| bad(s, "epoch seconds")),
+        (TimeFormat::Auto | TimeFormat::Rfc3339, J::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| bad(s, "an RFC 3339 timestamp")),
+        (TimeFormat::Chrono(f), J::String(s)) => DateTime::parse_from_str(s, f)
+            .map(|t| t.timestamp_millis())
+            .or_else(|_| NaiveDateTime::parse_from_str(s, f).map(|t| t.and_utc().timestamp_millis()))
+            .or_else(|_| {
+                NaiveDate::parse_from_str(s, f)
+                    .map(|d| d.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis())
+            })
+            .map_err(|_| bad(s, &format!("format \"{f}\""))),
+        (_, other) => Err(format!("event time must be a number or a string, found {other}")),
+    }
+}
+
+fn bad(s: &str, what: &str) -> String {
+    format!("event time {s:?} is not {what}")
+}
+
+/// FNV-1a, 64 bits: stable across versions and platforms, which alert ids
+/// need (a std hasher may change between releases).
+pub fn stable_hash(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

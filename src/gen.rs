@@ -1,0 +1,1 @@
+//! A seeded card-transaction generator (see `gen` docs).

@@ -1,0 +1,34 @@
+//! `cep`: complex event processing over keyed, event-time-ordered streams.
+//!
+//! Analysts write patterns ("a card charged under $10, then over $500 within
+//! 5 minutes") in a small language; this crate compiles them into automata
+//! and finds every match in a stream of JSON events, turning each into an
+//! alert.
+//!
+//! # Layout
+//!
+//! The pure core has no I/O, no async runtime and no clock:
+//!
+//! - [`dsl`]: lexer, parser, syntax tree, printer and diagnostics.
+//! - [`compiler`]: semantic checks; syntax tree → immutable [`compiler::Automaton`].
+//! - [`event`], [`value`]: decoded events and the values conditions use.
+//! - [`time`]: watermarks and the reorder buffer.
+//! - [`engine`]: per-key runs, windows, skip strategies, alerts, snapshots.
+//!
+//! Around it:
+//!
+//! - [`input`]: JSON lines and CSV readers.
+//! - [`testfile`]: pattern test files (events in → expected alerts out).
+//! - [`gen`]: a seeded card-transaction generator for tests and benchmarks.
+//! - [`cli`]: the `cep` command (`check`, `replay`, `test`, `explain`).
+
+pub mod cli;
+pub mod compiler;
+pub mod dsl;
+pub mod engine;
+pub mod event;
+pub mod gen;
+pub mod input;
+pub mod testfile;
+pub mod time;
+pub mod value;

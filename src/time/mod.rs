@@ -1,0 +1,129 @@
+//! Event time: watermarks and the reorder buffer.
+//!
+//! Input may arrive out of order. Each pattern's events wait in a
+//! [`ReorderBuffer`] until the watermark (the largest event time seen minus
+//! the allowed lateness) passes them; they then leave in event-time order,
+//! ties in arrival order. An event older than the watermark is late: the
+//! buffer hands it back to the caller instead of dropping it, and the caller
+//! counts it and routes it to the late-event output.
+//!
+//! Window expiry and absence are driven by the same watermark (see
+//! [`crate::engine`]), never by the wall clock, so a replay of a day of data
+//! behaves exactly like the live day did.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use serde::{Deserialize, Serialize};
+
+/// A watermark value: no event older than this is still expected.
+pub type Watermark = i64;
+
+/// The watermark before any event: nothing is late yet.
+pub const NO_WATERMARK: Watermark = i64::MIN;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Pending<T> {
+    time: i64,
+    seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Pending<T> {
+    fn eq(&self, o: &Self) -> bool {
+        (self.time, self.seq) == (o.time, o.seq)
+    }
+}
+impl<T> Eq for Pending<T> {}
+impl<T> PartialOrd for Pending<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Pending<T> {
+    // Reversed: `BinaryHeap` is a max-heap and we want the earliest first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.time, o.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+/// What became of a pushed item.
+#[derive(Debug)]
+pub enum Push<T> {
+    /// Older than the watermark: handed back.
+    Late(T),
+    /// Nothing earlier is pending and the watermark has passed it: use it now.
+    Ready(T),
+    /// Waiting for the watermark.
+    Buffered,
+}
+
+/// Holds items until the watermark passes their time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReorderBuffer<T> {
+    heap: BinaryHeap<Pending<T>>,
+    seq: u64,
+    max_seen: i64,
+    lateness: i64,
+    flushed: bool,
+}
+
+impl<T> ReorderBuffer<T> {
+    /// `lateness`: how far (ms) behind the largest time seen an event may
+    /// arrive and still be placed in order.
+    pub fn new(lateness: i64) -> Self {
+        ReorderBuffer {
+            heap: BinaryHeap::new(),
+            seq: 0,
+            max_seen: i64::MIN,
+            lateness: lateness.max(0),
+            flushed: false,
+        }
+    }
+
+    pub fn watermark(&self) -> Watermark {
+        if self.flushed {
+            return i64::MAX;
+        }
+        if self.max_seen == i64::MIN {
+            return NO_WATERMARK;
+        }
+        self.max_seen.saturating_sub(self.lateness)
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    pub fn push(&mut self, time: i64, item: T) -> Push<T> {
+        if time < self.watermark() {
+            return Push::Late(item);
+        }
+        self.max_seen = self.max_seen.max(time);
+        if self.heap.is_empty() && time <= self.watermark() {
+            return Push::Ready(item);
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        self.heap.push(Pending { time, seq, item });
+        Push::Buffered
+    }
+
+    /// The earliest item the watermark has passed, if any.
+    pub fn pop_ready(&mut self) -> Option<T> {
+        if self.heap.peek()?.time <= self.watermark() {
+            self.heap.pop().map(|p| p.item)
+        } else {
+            None
+        }
+    }
+
+    /// End of input: the watermark jumps to the end of time.
+    pub fn flush(&mut self) {
+        self.flushed = true;
+    }
+}
