@@ -11,12 +11,17 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 use crate::compiler::{compile_source, dot, Automaton};
+use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Output};
 use crate::input::{self, Format};
 use crate::testfile;
 
 #[derive(Parser)]
-#[command(name = "cep", version, about = "Complex event processing: patterns over keyed event streams")]
+#[command(
+    name = "cep",
+    version,
+    about = "Complex event processing: patterns over keyed event streams"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -32,12 +37,16 @@ pub enum Command {
     },
     /// Backtest patterns over a file of events; alerts go to stdout as JSON lines.
     Replay {
-        /// A pattern file or a directory of them.
-        #[arg(long, default_value = "patterns/flights")]
-        patterns: PathBuf,
-        /// JSON lines or CSV (header row = field names), optionally zipped; `-` for stdin.
-        #[arg(long, default_value = "data/flights-2013-01.csv")]
-        input: String,
+        /// Settings file (see `config.toml`); flags override it.
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// A pattern file or a directory of them [default: patterns/flights].
+        #[arg(long)]
+        patterns: Option<PathBuf>,
+        /// JSON lines or CSV (header row = field names), optionally zipped; `-` for stdin
+        /// [default: data/flights-2013-01.csv].
+        #[arg(long)]
+        input: Option<String>,
         /// Input format; guessed from the file name by default.
         #[arg(long, value_parser = ["jsonl", "csv"])]
         format: Option<String>,
@@ -45,16 +54,16 @@ pub enum Command {
         #[arg(long)]
         stream: Option<String>,
         /// How late an event may arrive and still be matched in order, e.g. `1h`.
-        #[arg(long, default_value = "0s")]
-        lateness: String,
+        #[arg(long)]
+        lateness: Option<String>,
         /// Cap on concurrent runs per key per pattern.
-        #[arg(long, default_value_t = 10_000)]
-        max_runs_per_key: usize,
+        #[arg(long)]
+        max_runs_per_key: Option<usize>,
         /// Include the matched events in each alert.
         #[arg(long)]
         events: bool,
-        /// CSV cells read as missing.
-        #[arg(long, default_value = "NA")]
+        /// CSV cells read as missing [default: NA].
+        #[arg(long)]
         null: Vec<String>,
         /// Write late events here (JSON lines).
         #[arg(long)]
@@ -83,6 +92,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Check { paths } => check(&paths),
         Command::Replay {
+            config,
             patterns,
             input,
             format,
@@ -94,10 +104,33 @@ pub fn run(cli: Cli) -> i32 {
             late,
             dead_letter,
         } => (|| {
-            let config = EngineConfig {
-                lateness_ms: testfile::parse_duration(&lateness)?,
-                max_runs_per_key,
-                include_events: events,
+            // The file is optional only when it is the default one.
+            let file = if config.exists() || config != Path::new("config.toml") {
+                Config::load(&config)?
+            } else {
+                Config::default()
+            };
+            let mut engine = file.engine_config()?;
+            if let Some(l) = lateness {
+                engine.lateness_ms = testfile::parse_duration(&l)?;
+            }
+            if let Some(m) = max_runs_per_key {
+                engine.max_runs_per_key = m;
+            }
+            engine.include_events |= events;
+            let patterns = patterns
+                .or(file.replay.patterns.clone())
+                .unwrap_or_else(|| PathBuf::from("patterns/flights"));
+            let input = input
+                .or(file.replay.input.clone())
+                .unwrap_or_else(|| "data/flights-2013-01.csv".into());
+            let null = if null.is_empty() {
+                file.replay
+                    .null_values
+                    .clone()
+                    .unwrap_or_else(|| vec!["NA".into()])
+            } else {
+                null
             };
             let format = match format.as_deref() {
                 Some("csv") => Format::Csv,
@@ -109,7 +142,7 @@ pub fn run(cli: Cli) -> i32 {
                 input: &input,
                 format,
                 stream: stream.as_deref(),
-                config,
+                config: engine,
                 null: &null,
                 late: late.as_deref(),
                 dead_letter: dead_letter.as_deref(),
@@ -178,7 +211,12 @@ fn check(paths: &[PathBuf]) -> Result<i32, String> {
         for f in files {
             let src = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
             match compile_source(&f.display().to_string(), &src) {
-                Ok(a) => println!("ok: {} ({} pattern{})", f.display(), a.len(), if a.len() == 1 { "" } else { "s" }),
+                Ok(a) => println!(
+                    "ok: {} ({} pattern{})",
+                    f.display(),
+                    a.len(),
+                    if a.len() == 1 { "" } else { "s" }
+                ),
                 Err(d) => {
                     failed = true;
                     eprint!("{}", d.render());
@@ -207,8 +245,10 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
         .map_err(|e| format!("{}: {e}", args.input))?;
     let bar = match len {
         Some(len) => indicatif::ProgressBar::new(len).with_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}")
-                .unwrap(),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}",
+            )
+            .unwrap(),
         ),
         None => indicatif::ProgressBar::hidden(),
     };
@@ -280,7 +320,6 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
     }
     engine.flush(&mut out);
     write_out(&mut out, &mut first_problems, None).map_err(io_err)?;
-    drop(write_out);
     alerts_out.flush().map_err(io_err)?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -299,9 +338,16 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
             s.version,
             s.matched.matches,
             s.matched.timeouts,
-            if s.shadow { "  (shadow: not emitted)" } else { "" },
+            if s.shadow {
+                "  (shadow: not emitted)"
+            } else {
+                ""
+            },
             if s.matched.runs_dropped > 0 {
-                format!("  ({} runs dropped at the per-key cap)", s.matched.runs_dropped)
+                format!(
+                    "  ({} runs dropped at the per-key cap)",
+                    s.matched.runs_dropped
+                )
             } else {
                 String::new()
             }
@@ -311,10 +357,16 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
         let _ = writeln!(err, "  problem: {p}");
     }
     if late > 0 && args.late.is_none() {
-        let _ = writeln!(err, "  {late} late events were not matched; keep them with --late FILE or raise --lateness");
+        let _ = writeln!(
+            err,
+            "  {late} late events were not matched; keep them with --late FILE or raise --lateness"
+        );
     }
     if (bad > 0 || rejected > 0) && args.dead_letter.is_none() {
-        let _ = writeln!(err, "  keep unreadable and undecodable records with --dead-letter FILE");
+        let _ = writeln!(
+            err,
+            "  keep unreadable and undecodable records with --dead-letter FILE"
+        );
     }
     Ok(0)
 }
@@ -361,7 +413,11 @@ fn explain(file: &Path, pattern: Option<&str>) -> Result<i32, String> {
         }
     }
     if shown == 0 {
-        return Err(format!("no pattern named `{}` in {}", pattern.unwrap_or(""), file.display()));
+        return Err(format!(
+            "no pattern named `{}` in {}",
+            pattern.unwrap_or(""),
+            file.display()
+        ));
     }
     Ok(0)
 }

@@ -116,13 +116,17 @@ pub fn parse_time(v: &serde_json::Value, format: &TimeFormat) -> Result<i64, Str
             .map_err(|_| bad(s, "an RFC 3339 timestamp")),
         (TimeFormat::Chrono(f), J::String(s)) => DateTime::parse_from_str(s, f)
             .map(|t| t.timestamp_millis())
-            .or_else(|_| NaiveDateTime::parse_from_str(s, f).map(|t| t.and_utc().timestamp_millis()))
+            .or_else(|_| {
+                NaiveDateTime::parse_from_str(s, f).map(|t| t.and_utc().timestamp_millis())
+            })
             .or_else(|_| {
                 NaiveDate::parse_from_str(s, f)
                     .map(|d| d.and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis())
             })
             .map_err(|_| bad(s, &format!("format \"{f}\""))),
-        (_, other) => Err(format!("event time must be a number or a string, found {other}")),
+        (_, other) => Err(format!(
+            "event time must be a number or a string, found {other}"
+        )),
     }
 }
 

@@ -53,7 +53,11 @@ pub type Records = Box<dyn Iterator<Item = Result<Record, BadRecord>>>;
 
 /// Opens `path` (`-` for stdin). Returns the records and, for files, the
 /// total byte length (for progress).
-pub fn open(path: &str, format: Format, null_values: &[String]) -> io::Result<(Records, Option<u64>)> {
+pub fn open(
+    path: &str,
+    format: Format,
+    null_values: &[String],
+) -> io::Result<(Records, Option<u64>)> {
     let (reader, len): (Box<dyn Read>, Option<u64>) = if path == "-" {
         (Box::new(io::stdin()), None)
     } else if path.ends_with(".zip") {
@@ -76,51 +80,50 @@ pub fn open(path: &str, format: Format, null_values: &[String]) -> io::Result<(R
 }
 
 fn json_lines(reader: impl BufRead) -> impl Iterator<Item = Result<Record, BadRecord>> {
-    reader
-        .split(b'\n')
-        .enumerate()
-        .filter_map(|(n, line)| {
-            let line_no = n as u64 + 1;
-            let bytes = match line {
-                Ok(b) => b,
-                Err(e) => {
-                    return Some(Err(BadRecord {
-                        line: line_no,
-                        reason: format!("read error: {e}"),
-                        raw: String::new(),
-                    }))
-                }
-            };
-            let trimmed = bytes.trim_ascii();
-            if trimmed.is_empty() {
-                return None;
+    reader.split(b'\n').enumerate().filter_map(|(n, line)| {
+        let line_no = n as u64 + 1;
+        let bytes = match line {
+            Ok(b) => b,
+            Err(e) => {
+                return Some(Err(BadRecord {
+                    line: line_no,
+                    reason: format!("read error: {e}"),
+                    raw: String::new(),
+                }))
             }
-            Some(match serde_json::from_slice::<serde_json::Value>(trimmed) {
-                Ok(doc) if doc.is_object() => Ok(Record {
-                    hash: stable_hash(trimmed, 0),
-                    doc,
-                    line: line_no,
-                    bytes: bytes.len() as u64 + 1,
-                }),
-                Ok(_) => Err(BadRecord {
-                    line: line_no,
-                    reason: "an event must be a JSON object".into(),
-                    raw: String::from_utf8_lossy(trimmed).into_owned(),
-                }),
-                Err(e) => Err(BadRecord {
-                    line: line_no,
-                    reason: format!("invalid JSON: {e}"),
-                    raw: String::from_utf8_lossy(trimmed).into_owned(),
-                }),
-            })
+        };
+        let trimmed = bytes.trim_ascii();
+        if trimmed.is_empty() {
+            return None;
+        }
+        Some(match serde_json::from_slice::<serde_json::Value>(trimmed) {
+            Ok(doc) if doc.is_object() => Ok(Record {
+                hash: stable_hash(trimmed, 0),
+                doc,
+                line: line_no,
+                bytes: bytes.len() as u64 + 1,
+            }),
+            Ok(_) => Err(BadRecord {
+                line: line_no,
+                reason: "an event must be a JSON object".into(),
+                raw: String::from_utf8_lossy(trimmed).into_owned(),
+            }),
+            Err(e) => Err(BadRecord {
+                line: line_no,
+                reason: format!("invalid JSON: {e}"),
+                raw: String::from_utf8_lossy(trimmed).into_owned(),
+            }),
         })
+    })
 }
 
 fn csv_rows(
     reader: impl Read + 'static,
     null_values: Vec<String>,
 ) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(reader);
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(reader);
     let headers: Vec<String> = rdr
         .headers()
         .map_err(io::Error::other)?
@@ -160,8 +163,14 @@ fn cell_value(text: &str) -> serde_json::Value {
     if let Ok(i) = text.parse::<i64>() {
         return i.into();
     }
-    if text.contains(['.', 'e', 'E']) && !text.contains(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E') {
-        if let Some(n) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+    if text.contains(['.', 'e', 'E'])
+        && !text.contains(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+    {
+        if let Some(n) = text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
             return serde_json::Value::Number(n);
         }
     }

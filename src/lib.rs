@@ -20,10 +20,12 @@
 //! - [`input`]: JSON lines and CSV readers.
 //! - [`testfile`]: pattern test files (events in → expected alerts out).
 //! - [`gen`]: a seeded card-transaction generator for tests and benchmarks.
+//! - [`config`]: `config.toml`, documented field by field.
 //! - [`cli`]: the `cep` command (`check`, `replay`, `test`, `explain`).
 
 pub mod cli;
 pub mod compiler;
+pub mod config;
 pub mod dsl;
 pub mod engine;
 pub mod event;

@@ -130,14 +130,16 @@ pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, String> {
     let file_automata = if pattern_path.exists() {
         let src = std::fs::read_to_string(&pattern_path)
             .map_err(|e| format!("{}: {e}", pattern_path.display()))?;
-        Some(
-            compile_source(&pattern_path.display().to_string(), &src)
-                .map_err(|d| d.render())?,
-        )
+        Some(compile_source(&pattern_path.display().to_string(), &src).map_err(|d| d.render())?)
     } else {
         None
     };
-    let default_lateness = tf.lateness.as_deref().map(parse_duration).transpose()?.unwrap_or(0);
+    let default_lateness = tf
+        .lateness
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or(0);
     let mut results = Vec::new();
     for case in &tf.cases {
         let failures = match run_case(case, file_automata.as_deref(), default_lateness) {
@@ -153,9 +155,15 @@ pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, String> {
     Ok(results)
 }
 
-fn run_case(case: &Case, file: Option<&[Automaton]>, default_lateness: i64) -> Result<Vec<String>, String> {
+fn run_case(
+    case: &Case,
+    file: Option<&[Automaton]>,
+    default_lateness: i64,
+) -> Result<Vec<String>, String> {
     let automata: Vec<Automaton> = match (&case.source, file) {
-        (Some(src), _) => compile_source(&format!("case {:?}", case.name), src).map_err(|d| d.render())?,
+        (Some(src), _) => {
+            compile_source(&format!("case {:?}", case.name), src).map_err(|d| d.render())?
+        }
         (None, Some(f)) => f.to_vec(),
         (None, None) => return Err("no patterns: give `source` or a pattern file".into()),
     };
@@ -164,7 +172,12 @@ fn run_case(case: &Case, file: Option<&[Automaton]>, default_lateness: i64) -> R
             return Err(format!("no pattern named `{p}`"));
         }
     }
-    let lateness = case.lateness.as_deref().map(parse_duration).transpose()?.unwrap_or(default_lateness);
+    let lateness = case
+        .lateness
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or(default_lateness);
     let events = case_events(&case.events)?;
     let prefix = case.pattern.is_none() && automata.len() > 1;
 
@@ -284,7 +297,8 @@ fn normalize(s: &str) -> String {
 }
 
 fn compare(case: &Case, alerts: &[Alert], prefix: bool, failures: &mut Vec<String>) {
-    let mut actual: Vec<(String, &Alert)> = alerts.iter().map(|a| (shorthand(a, prefix), a)).collect();
+    let mut actual: Vec<(String, &Alert)> =
+        alerts.iter().map(|a| (shorthand(a, prefix), a)).collect();
     actual.sort_by(|x, y| x.0.cmp(&y.0));
     let mut expected: Vec<(String, Option<&ExpectedAlert>)> = case
         .expect
@@ -314,7 +328,8 @@ fn compare(case: &Case, alerts: &[Alert], prefix: bool, failures: &mut Vec<Strin
     }
     let unexpected: Vec<String> = remaining.into_iter().flatten().map(|(s, _)| s).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
-        let mut diff = String::from("alerts differ (- expected, not produced; + produced, not expected):");
+        let mut diff =
+            String::from("alerts differ (- expected, not produced; + produced, not expected):");
         for m in &missing {
             diff.push_str(&format!("\n    - {m}"));
         }
@@ -329,7 +344,11 @@ fn check_detail(want: &str, d: &ExpectedAlert, a: &Alert, failures: &mut Vec<Str
     let toml_json = |v: &toml::Value| serde_json::to_value(v).unwrap_or_default();
     if let Some(k) = &d.key {
         if toml_json(k) != a.key {
-            failures.push(format!("{want}: key is {}, expected {}", a.key, toml_json(k)));
+            failures.push(format!(
+                "{want}: key is {}, expected {}",
+                a.key,
+                toml_json(k)
+            ));
         }
     }
     if let Some(s) = &d.start {
@@ -347,7 +366,9 @@ fn check_detail(want: &str, d: &ExpectedAlert, a: &Alert, failures: &mut Vec<Str
         let want_v = toml_json(v);
         match a.fields.get(name.as_str()) {
             Some(got) if json_eq(got, &want_v) => {}
-            Some(got) => failures.push(format!("{want}: field `{name}` is {got}, expected {want_v}")),
+            Some(got) => failures.push(format!(
+                "{want}: field `{name}` is {got}, expected {want_v}"
+            )),
             None => failures.push(format!("{want}: no field `{name}` in the alert")),
         }
     }

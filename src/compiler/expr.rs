@@ -216,17 +216,20 @@ fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Value {
 }
 
 fn aggregate(f: AggFunc, var: VarId, slot: Option<u32>, bindings: &[Binding]) -> Value {
-    let mut values = bindings.iter().filter(|b| b.var == var).map(|b| match slot {
-        Some(s) => b.event.slots[s as usize].clone(),
-        None => Value::Int(b.event.time),
-    });
+    let mut values = bindings
+        .iter()
+        .filter(|b| b.var == var)
+        .map(|b| match slot {
+            Some(s) => b.event.slots[s as usize].clone(),
+            None => Value::Int(b.event.time),
+        });
     match f {
         AggFunc::Count => Value::Int(match slot {
             None => values.count(),
             Some(_) => values.filter(|v| !v.is_absent()).count(),
         } as i64),
         AggFunc::First => values.next().unwrap_or(Value::Null),
-        AggFunc::Last => values.last().unwrap_or(Value::Null),
+        AggFunc::Last => values.next_back().unwrap_or(Value::Null),
         AggFunc::Sum | AggFunc::Avg => {
             let (mut int_sum, mut float_sum, mut n, mut all_int) = (0i64, 0f64, 0usize, true);
             for v in values {
@@ -304,7 +307,10 @@ pub struct Resolver<'a> {
 
 impl Resolver<'_> {
     fn var(&self, name: &str) -> Option<VarId> {
-        self.vars.iter().position(|v| v.name == name).map(|n| n as VarId)
+        self.vars
+            .iter()
+            .position(|v| v.name == name)
+            .map(|n| n as VarId)
     }
 
     fn err(&mut self, span: Span, msg: String, hint: &str) -> CExpr {
@@ -313,7 +319,11 @@ impl Resolver<'_> {
     }
 
     fn var_names(&self) -> String {
-        self.vars.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.vars
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn compile(&mut self, e: &ast::Expr, cx: &Context) -> CExpr {
@@ -402,9 +412,7 @@ impl Resolver<'_> {
                 }
                 self.var_field(v, p)
             }
-            (Context::Condition { .. }, None) => {
-                CExpr::Field(self.fields.slot(&p.segments) as u32)
-            }
+            (Context::Condition { .. }, None) => CExpr::Field(self.fields.slot(&p.segments) as u32),
             (Context::Output, Some(v)) => self.var_field(v, p),
             (Context::Output, None) if p.segments.len() == 1 => match head.as_str() {
                 "key" => CExpr::Info(MatchInfo::Key),
@@ -468,29 +476,38 @@ impl Resolver<'_> {
         if func.name == "time" {
             return match args.first().map(|a| &a.kind) {
                 None => CExpr::Time(None),
-                Some(ExprKind::Path(p)) if p.segments.len() == 1 => match self.var(&p.segments[0]) {
-                    Some(v) if matches!(cx, Context::Condition { var, .. } if *var == v) => {
-                        CExpr::Time(None)
-                    }
-                    Some(v) => {
-                        if let Context::Condition { bound, .. } = cx {
-                            if !bound.contains(&v) {
-                                return self.err(
+                Some(ExprKind::Path(p)) if p.segments.len() == 1 => {
+                    match self.var(&p.segments[0]) {
+                        Some(v) if matches!(cx, Context::Condition { var, .. } if *var == v) => {
+                            CExpr::Time(None)
+                        }
+                        Some(v) => {
+                            if let Context::Condition { bound, .. } = cx {
+                                if !bound.contains(&v) {
+                                    return self.err(
                                     p.span,
                                     format!("variable `{}` cannot be bound yet at this step", p.segments[0]),
                                     "a condition may refer only to variables that come before its step",
                                 );
+                                }
                             }
+                            CExpr::Time(Some(v))
                         }
-                        CExpr::Time(Some(v))
+                        None => self.err(
+                            p.span,
+                            format!("unknown variable `{}`", p.segments[0]),
+                            &format!(
+                                "`time(v)` takes a variable (variables: {})",
+                                self.var_names()
+                            ),
+                        ),
                     }
-                    None => self.err(
-                        p.span,
-                        format!("unknown variable `{}`", p.segments[0]),
-                        &format!("`time(v)` takes a variable (variables: {})", self.var_names()),
-                    ),
-                },
-                Some(_) => self.err(args[0].span, "`time` takes a variable".into(), "write `time(small)`"),
+                }
+                Some(_) => self.err(
+                    args[0].span,
+                    "`time` takes a variable".into(),
+                    "write `time(small)`",
+                ),
             };
         }
         let Some(agg) = agg else {
@@ -526,7 +543,10 @@ impl Resolver<'_> {
             if v != *var && !bound.contains(&v) {
                 return self.err(
                     p.span,
-                    format!("variable `{}` cannot be bound yet at this step", p.segments[0]),
+                    format!(
+                        "variable `{}` cannot be bound yet at this step",
+                        p.segments[0]
+                    ),
                     "a condition may refer only to variables that come before its step",
                 );
             }
@@ -538,7 +558,10 @@ impl Resolver<'_> {
         } else {
             return self.err(
                 p.span,
-                format!("`{}` needs a field: `{}({}.amount)`", func.name, func.name, p.segments[0]),
+                format!(
+                    "`{}` needs a field: `{}({}.amount)`",
+                    func.name, func.name, p.segments[0]
+                ),
                 "only `count` takes a bare variable",
             );
         };
@@ -557,11 +580,7 @@ fn regex_message(e: &regex_syntax::Error) -> String {
         .unwrap_or(text)
 }
 
-fn regex_error_span(
-    e: &regex_syntax::Error,
-    regex: &str,
-    lit: Span,
-) -> Option<Span> {
+fn regex_error_span(e: &regex_syntax::Error, regex: &str, lit: Span) -> Option<Span> {
     let regex_syntax::Error::Parse(pe) = e else {
         return None;
     };

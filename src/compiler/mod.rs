@@ -97,8 +97,11 @@ pub fn compile_file(file: &ast::File) -> Result<Vec<Automaton>, Vec<Diagnostic>>
     for p in &file.patterns {
         if names.insert(&p.name.name, ()).is_some() {
             errors.push(
-                Diagnostic::new(p.name.span, format!("pattern `{}` is defined twice", p.name.name))
-                    .hint("pattern names are unique within a file"),
+                Diagnostic::new(
+                    p.name.span,
+                    format!("pattern `{}` is defined twice", p.name.name),
+                )
+                .hint("pattern names are unique within a file"),
             );
         }
         match compile_pattern(p) {
@@ -133,7 +136,11 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         &mut errors,
     );
     let var_id = |name: &str| vars.iter().position(|v| v.name == name).map(|n| n as VarId);
-    let var_list = vars.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ");
+    let var_list = vars
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
 
     structural_checks(p, &mut errors);
 
@@ -167,8 +174,11 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         };
         if defined[v as usize] {
             errors.push(
-                Diagnostic::new(d.var.span, format!("variable `{}` is defined twice", d.var.name))
-                    .hint("combine the conditions with `and`"),
+                Diagnostic::new(
+                    d.var.span,
+                    format!("variable `{}` is defined twice", d.var.name),
+                )
+                .hint("combine the conditions with `and`"),
             );
             continue;
         }
@@ -185,11 +195,18 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         conditions[v as usize] = Some(r.compile(&d.condition, &cx));
     }
     for (i, v) in vars.iter().enumerate() {
-        let is_negated = bound_before.len() > i && matches!(var_kind(&p.sequence, &v.name), Some(true));
+        let is_negated =
+            bound_before.len() > i && matches!(var_kind(&p.sequence, &v.name), Some(true));
         if is_negated && !defined[i] {
             errors.push(
-                Diagnostic::new(var_spans[i], format!("negated variable `{}` has no definition", v.name))
-                    .hint(format!("say which events must not occur: `define {} as ...`", v.name)),
+                Diagnostic::new(
+                    var_spans[i],
+                    format!("negated variable `{}` has no definition", v.name),
+                )
+                .hint(format!(
+                    "say which events must not occur: `define {} as ...`",
+                    v.name
+                )),
             );
         }
     }
@@ -200,8 +217,11 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         for f in list {
             if seen.contains(&f.name.name.as_str()) {
                 errors.push(
-                    Diagnostic::new(f.name.span, format!("output `{}` is given twice", f.name.name))
-                        .hint("output names are unique"),
+                    Diagnostic::new(
+                        f.name.span,
+                        format!("output `{}` is given twice", f.name.name),
+                    )
+                    .hint("output names are unique"),
                 );
             }
             seen.push(&f.name.name);
@@ -258,7 +278,11 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         max_gap: p.max_gap.map(|g| g.millis),
         skip,
         severity: p.severity.as_ref().map(|s| s.name.clone()),
-        labels: p.labels.iter().map(|(k, v)| (k.name.clone(), v.clone())).collect(),
+        labels: p
+            .labels
+            .iter()
+            .map(|(k, v)| (k.name.clone(), v.clone()))
+            .collect(),
         vars,
         conditions,
         states: built.states,
@@ -308,9 +332,15 @@ fn collect_vars(
         for item in &branch.items {
             let start = vars.len();
             match &item.element {
-                Element::Step { var, quantifier } => {
-                    add_var(var, looping || is_looping(quantifier.as_ref()), &here, vars, spans, bound, errors)
-                }
+                Element::Step { var, quantifier } => add_var(
+                    var,
+                    looping || is_looping(quantifier.as_ref()),
+                    &here,
+                    vars,
+                    spans,
+                    bound,
+                    errors,
+                ),
                 Element::Not { var } => add_var(var, looping, &here, vars, spans, bound, errors),
                 Element::Group {
                     sequence,
@@ -364,8 +394,11 @@ fn structural_checks(p: &Pattern, errors: &mut Vec<Diagnostic>) {
                     Element::Not { var } => {
                         if i == 0 {
                             errors.push(
-                                Diagnostic::new(var.span, "a sequence cannot start with a negation")
-                                    .hint("a negation sits after a step: `a then not x then b`"),
+                                Diagnostic::new(
+                                    var.span,
+                                    "a sequence cannot start with a negation",
+                                )
+                                .hint("a negation sits after a step: `a then not x then b`"),
                             );
                         } else if item.connector == Some(ast::Contiguity::Any) {
                             errors.push(

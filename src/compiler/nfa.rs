@@ -286,9 +286,17 @@ impl Nodes<'_> {
         for (i, (s, path_guards)) in found.iter().enumerate() {
             let bit = 1u64 << i;
             for &(var, strict) in path_guards {
-                match node.guards.iter_mut().find(|g| g.var == var && g.strict == strict) {
+                match node
+                    .guards
+                    .iter_mut()
+                    .find(|g| g.var == var && g.strict == strict)
+                {
                     Some(g) => g.mask |= bit,
-                    None => node.guards.push(Guard { var, strict, mask: bit }),
+                    None => node.guards.push(Guard {
+                        var,
+                        strict,
+                        mask: bit,
+                    }),
                 }
             }
             match self.states[*s as usize] {

@@ -182,8 +182,8 @@ fn lex_one(i: &str) -> Result<(&str, Tok), LexError> {
         };
     }
     for p in PUNCTS {
-        if i.starts_with(p) {
-            return Ok((&i[p.len()..], Tok::Punct(p)));
+        if let Some(rest) = i.strip_prefix(p) {
+            return Ok((rest, Tok::Punct(p)));
         }
     }
     Err(LexError {

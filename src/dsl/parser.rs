@@ -145,8 +145,10 @@ impl Parser {
                 millis,
                 span: self.bump().span,
             }),
-            Tok::Duration(_) => Err(Diagnostic::new(self.peek().span, "a window must be positive")
-                .hint("write a duration such as `5m`")),
+            Tok::Duration(_) => Err(
+                Diagnostic::new(self.peek().span, "a window must be positive")
+                    .hint("write a duration such as `5m`"),
+            ),
             _ => Err(self.unexpected("a duration").hint(hint)),
         }
     }
@@ -183,7 +185,9 @@ impl Parser {
         loop {
             let t = self.peek().clone();
             let Tok::Word(w) = &t.tok else {
-                return Err(self.unexpected("a header clause or `match`").hint(HEADER_HINT));
+                return Err(self
+                    .unexpected("a header clause or `match`")
+                    .hint(HEADER_HINT));
             };
             if w == "match" {
                 break;
@@ -242,8 +246,10 @@ impl Parser {
                     }
                 },
                 _ => {
-                    return Err(Diagnostic::new(t.span, format!("unknown header clause `{w}`"))
-                        .hint(HEADER_HINT))
+                    return Err(
+                        Diagnostic::new(t.span, format!("unknown header clause `{w}`"))
+                            .hint(HEADER_HINT),
+                    )
                 }
             }
         }
@@ -281,18 +287,24 @@ impl Parser {
             } else {
                 "a connector (`next`, `then`, `then any`), `define`, `emit` or `end`"
             };
-            return Err(self
-                .unexpected(expected)
-                .hint("a pattern reads: header, `match`, `define`, `emit`, `on timeout emit`, `end`"));
+            return Err(self.unexpected(expected).hint(
+                "a pattern reads: header, `match`, `define`, `emit`, `on timeout emit`, `end`",
+            ));
         }
         let end = self.bump().span;
         let stream = h.stream.ok_or_else(|| {
-            Diagnostic::new(name.span, format!("pattern `{}` has no `from` clause", name.name))
-                .hint("name the input stream: `from cards`")
+            Diagnostic::new(
+                name.span,
+                format!("pattern `{}` has no `from` clause", name.name),
+            )
+            .hint("name the input stream: `from cards`")
         })?;
         let time = h.time.ok_or_else(|| {
-            Diagnostic::new(name.span, format!("pattern `{}` has no `time` clause", name.name))
-                .hint("name the event-time field: `time ts`")
+            Diagnostic::new(
+                name.span,
+                format!("pattern `{}` has no `time` clause", name.name),
+            )
+            .hint("name the event-time field: `time ts`")
         })?;
         Ok(Pattern {
             name,
@@ -327,9 +339,9 @@ impl Parser {
             Tok::Word(w) if w == "seconds" => TimeFormat::Seconds,
             Tok::Word(w) if w == "rfc3339" => TimeFormat::Rfc3339,
             _ => {
-                return Err(self.unexpected("a time format").hint(
-                    "formats are `millis`, `seconds`, `rfc3339` or a chrono format string",
-                ))
+                return Err(self
+                    .unexpected("a time format")
+                    .hint("formats are `millis`, `seconds`, `rfc3339` or a chrono format string"))
             }
         };
         self.bump();
@@ -438,16 +450,19 @@ impl Parser {
             let var = self.ident("a variable name after `not`")?;
             if self.is_punct("?") || self.is_punct("*") || self.is_punct("+") || self.is_punct("{")
             {
-                return Err(Diagnostic::new(not.to(self.peek().span), "a negated step cannot be quantified")
-                    .hint("`not x` already means: no event matching `x` at all"));
+                return Err(Diagnostic::new(
+                    not.to(self.peek().span),
+                    "a negated step cannot be quantified",
+                )
+                .hint("`not x` already means: no event matching `x` at all"));
             }
             return Ok(Element::Not { var });
         }
         match &self.peek().tok {
             Tok::Word(w) if SECTION_WORDS.contains(&w.as_str()) || w == "next" || w == "then" => {
-                return Err(self.unexpected("a step variable").hint(
-                    "a sequence names variables joined by connectors: `small then large`",
-                ))
+                return Err(self
+                    .unexpected("a step variable")
+                    .hint("a sequence names variables joined by connectors: `small then large`"))
             }
             _ => {}
         }
@@ -676,9 +691,7 @@ impl Parser {
             let kind = match operand.kind {
                 ExprKind::Literal(Literal::Int(i)) => ExprKind::Literal(Literal::Int(-i)),
                 ExprKind::Literal(Literal::Float(f)) => ExprKind::Literal(Literal::Float(-f)),
-                ExprKind::Literal(Literal::Duration(d)) => {
-                    ExprKind::Literal(Literal::Duration(-d))
-                }
+                ExprKind::Literal(Literal::Duration(d)) => ExprKind::Literal(Literal::Duration(-d)),
                 other => ExprKind::Unary(
                     UnaryOp::Neg,
                     Box::new(Expr {

@@ -168,9 +168,31 @@ fn quant(q: Option<&Quantifier>) -> String {
 
 /// Words the parser would read as syntax rather than a name.
 const RESERVED: [&str; 25] = [
-    "and", "or", "not", "in", "is", "contains", "starts", "ends", "matches", "as", "define",
-    "emit", "on", "end", "pattern", "true", "false", "null", "next", "then", "any", "strict",
-    "relaxed", "timestamp", "match",
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "contains",
+    "starts",
+    "ends",
+    "matches",
+    "as",
+    "define",
+    "emit",
+    "on",
+    "end",
+    "pattern",
+    "true",
+    "false",
+    "null",
+    "next",
+    "then",
+    "any",
+    "strict",
+    "relaxed",
+    "timestamp",
+    "match",
 ];
 
 /// A name, back-quoted when it is not a plain word or would read as syntax.
@@ -212,7 +234,12 @@ pub fn string(s: &str) -> String {
 pub fn duration(ms: i64) -> String {
     let sign = if ms < 0 { "-" } else { "" };
     let ms = ms.abs();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms != 0 && ms % size == 0 {
             return format!("{sign}{}{unit}", ms / size);
         }
@@ -251,8 +278,17 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::Binary(op, l, r) => {
             let p = op.precedence();
             // Comparisons do not chain, so a comparison operand needs parentheses.
-            let left = if p == 4 { precedence(l) <= 4 } else { precedence(l) < p };
-            format!("{} {} {}", wrap(l, left), op.symbol(), wrap(r, precedence(r) <= p))
+            let left = if p == 4 {
+                precedence(l) <= 4
+            } else {
+                precedence(l) < p
+            };
+            format!(
+                "{} {} {}",
+                wrap(l, left),
+                op.symbol(),
+                wrap(r, precedence(r) <= p)
+            )
         }
         ExprKind::In {
             value,
@@ -268,7 +304,11 @@ pub fn expr(e: &Expr) -> String {
             )
         }
         ExprKind::Matches { value, regex, .. } => {
-            format!("{} matches {}", wrap(value, precedence(value) <= 4), string(regex))
+            format!(
+                "{} matches {}",
+                wrap(value, precedence(value) <= 4),
+                string(regex)
+            )
         }
         ExprKind::Is {
             value,

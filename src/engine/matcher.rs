@@ -190,8 +190,12 @@ fn can_start(a: &Automaton, ev: &Event) -> bool {
 }
 
 fn deadline(a: &Automaton, r: &Run) -> i64 {
-    let w = a.within.map_or(i64::MAX, |w| r.start_time.saturating_add(w));
-    let g = a.max_gap.map_or(i64::MAX, |g| r.last_time.saturating_add(g));
+    let w = a
+        .within
+        .map_or(i64::MAX, |w| r.start_time.saturating_add(w));
+    let g = a
+        .max_gap
+        .map_or(i64::MAX, |g| r.last_time.saturating_add(g));
     w.min(g)
 }
 
@@ -235,7 +239,14 @@ impl Step<'_> {
         ks.runs = next;
     }
 
-    fn step(&mut self, mut run: Run, ev: &Arc<Event>, pos: u64, next: &mut Vec<Run>, floor: &mut u64) {
+    fn step(
+        &mut self,
+        mut run: Run,
+        ev: &Arc<Event>,
+        pos: u64,
+        next: &mut Vec<Run>,
+        floor: &mut u64,
+    ) {
         let a = self.a;
         let node = &a.nodes[run.node as usize];
         let seed = run.bindings.is_empty();
@@ -251,7 +262,9 @@ impl Step<'_> {
             for g in &node.guards {
                 if alive & g.mask != 0
                     && (!g.strict || run.fresh)
-                    && a.conditions[g.var as usize].as_ref().is_none_or(|c| c.test(&env))
+                    && a.conditions[g.var as usize]
+                        .as_ref()
+                        .is_none_or(|c| c.test(&env))
                 {
                     alive &= !g.mask;
                 }
@@ -270,7 +283,10 @@ impl Step<'_> {
                 if alive & (1 << i) == 0 {
                     continue;
                 }
-                if !a.conditions[*var as usize].as_ref().is_none_or(|c| c.test(&env)) {
+                if !a.conditions[*var as usize]
+                    .as_ref()
+                    .is_none_or(|c| c.test(&env))
+                {
                     continue;
                 }
                 let mut bindings = Vec::with_capacity(run.bindings.len() + 1);
@@ -358,7 +374,13 @@ impl Step<'_> {
             self.lim.include_events,
         ));
         let first_pos = |v| run.bindings.iter().find(|b| b.var == v).map(|b| b.pos);
-        let last_pos = |v| run.bindings.iter().rev().find(|b| b.var == v).map(|b| b.pos);
+        let last_pos = |v| {
+            run.bindings
+                .iter()
+                .rev()
+                .find(|b| b.var == v)
+                .map(|b| b.pos)
+        };
         let last = run.bindings.last().map_or(run.start_pos, |b| b.pos);
         match a.skip {
             SkipPlan::NoSkip => 0,

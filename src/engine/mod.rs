@@ -181,9 +181,9 @@ impl Engine {
                     pattern: a.name.clone(),
                     event_time: ev.time,
                     watermark: st.buffer.watermark(),
-                    event: ev.raw.as_deref().cloned().unwrap_or_else(|| {
-                        serde_json::json!({"key": ev.key.to_json(), "time": ev.time})
-                    }),
+                    event: ev.raw.as_deref().cloned().unwrap_or_else(
+                        || serde_json::json!({"key": ev.key.to_json(), "time": ev.time}),
+                    ),
                 });
                 return;
             }
@@ -288,9 +288,8 @@ pub fn decode(
         }
         Key::new(&text)
     };
-    let tv = lookup(doc, &a.time.field.segments).ok_or_else(|| {
-        DecodeError(format!("missing time field `{}`", a.time.field.dotted()))
-    })?;
+    let tv = lookup(doc, &a.time.field.segments)
+        .ok_or_else(|| DecodeError(format!("missing time field `{}`", a.time.field.dotted())))?;
     let time = parse_time(tv, &a.time.format).map_err(DecodeError)?;
     let slots = a
         .fields
