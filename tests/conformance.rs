@@ -14,14 +14,24 @@ fn run_all(dir: &str) -> usize {
                 for r in results {
                     cases += 1;
                     if !r.failures.is_empty() {
-                        failures.push(format!("{} :: {}\n    {}", f.display(), r.name, r.failures.join("\n    ")));
+                        failures.push(format!(
+                            "{} :: {}\n    {}",
+                            f.display(),
+                            r.name,
+                            r.failures.join("\n    ")
+                        ));
                     }
                 }
             }
             Err(e) => failures.push(format!("{}: {e}", f.display())),
         }
     }
-    assert!(failures.is_empty(), "{} failing case(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing case(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     cases
 }
 
