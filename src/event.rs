@@ -7,7 +7,10 @@
 //! an `Arc`, shared by every run that binds the event) for alerts that carry
 //! their matched events.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
@@ -17,30 +20,122 @@ use crate::value::Value;
 
 /// The partition key of an event, as text. A composite key joins its parts
 /// with the unit separator (U+001F), which never appears in real keys.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Key(pub Arc<str>);
+///
+/// Keys are hashed once, when the event is decoded, and short keys (most
+/// real ones: card numbers, tail numbers) live inline: looking a key up in
+/// the run table neither allocates nor rehashes the text.
+#[derive(Clone)]
+pub struct Key {
+    hash: u64,
+    text: KeyText,
+}
+
+#[derive(Clone)]
+enum KeyText {
+    Inline { len: u8, buf: [u8; INLINE_KEY] },
+    Heap(Arc<str>),
+}
+
+const INLINE_KEY: usize = 22;
 
 pub const KEY_SEPARATOR: char = '\u{1f}';
 
 impl Key {
     pub fn new(s: &str) -> Key {
-        Key(Arc::from(s))
+        let mut h = rustc_hash::FxHasher::default();
+        h.write(s.as_bytes());
+        let text = if s.len() <= INLINE_KEY {
+            let mut buf = [0u8; INLINE_KEY];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            KeyText::Inline {
+                len: s.len() as u8,
+                buf,
+            }
+        } else {
+            KeyText::Heap(Arc::from(s))
+        };
+        Key {
+            hash: h.finish(),
+            text,
+        }
     }
+
+    fn as_bytes(&self) -> &[u8] {
+        match &self.text {
+            KeyText::Inline { len, buf } => &buf[..*len as usize],
+            KeyText::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.text {
+            // Only ever built from a whole `&str` that fits.
+            KeyText::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            KeyText::Heap(s) => s,
+        }
+    }
+
     /// The key as it appears in an alert: a string, or an array of strings
     /// for a composite key.
     pub fn to_json(&self) -> serde_json::Value {
-        if self.0.contains(KEY_SEPARATOR) {
+        let s = self.as_str();
+        if s.contains(KEY_SEPARATOR) {
             serde_json::Value::Array(
-                self.0
-                    .split(KEY_SEPARATOR)
-                    .map(|s| serde_json::Value::String(s.to_string()))
+                s.split(KEY_SEPARATOR)
+                    .map(|p| serde_json::Value::String(p.to_string()))
                     .collect(),
             )
         } else {
-            serde_json::Value::String(self.0.to_string())
+            serde_json::Value::String(s.to_string())
         }
     }
 }
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.hash == other.hash && self.as_bytes() == other.as_bytes()
+    }
+}
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:?})", self.as_str())
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Key::new(&s))
+    }
+}
+
+/// Decoded field values of one event; a few live inline.
+pub type Slots = SmallVec<[Value; 4]>;
 
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,7 +144,7 @@ pub struct Event {
     pub time: i64,
     pub key: Key,
     /// The pattern's fields, in [`FieldTable`] order.
-    pub slots: Box<[Value]>,
+    pub slots: Slots,
     /// A stable hash of the event's bytes; feeds the alert id.
     pub hash: u64,
     /// The original document, when alerts should carry matched events.

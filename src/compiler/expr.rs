@@ -66,6 +66,9 @@ pub enum CExpr {
     Is(Box<CExpr>, IsTest, bool),
     Call(Builtin, Box<CExpr>),
     Info(MatchInfo),
+    /// `field <op> number`, the commonest condition, pre-resolved (see
+    /// [`CExpr::optimize`]).
+    FieldCmpNum(BinaryOp, u32, f64),
 }
 
 /// A variable bound to an event in a run.
@@ -89,8 +92,57 @@ pub struct Env<'a> {
 const MISSING: Value = Value::Missing;
 
 impl CExpr {
+    /// Evaluates as a condition. Comparisons and logic are answered here
+    /// directly, without building intermediate boolean values: this is the
+    /// innermost loop of matching.
     pub fn test(&self, env: &Env) -> bool {
-        self.eval(env).truthy()
+        match self {
+            CExpr::Bin(BinaryOp::And, l, r) => l.test(env) && r.test(env),
+            CExpr::Bin(BinaryOp::Or, l, r) => l.test(env) || r.test(env),
+            CExpr::Bin(op @ (BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge), l, r) => {
+                let (a, b) = (l.eval(env), r.eval(env));
+                a.compare(&b).is_some_and(|o| match op {
+                    BinaryOp::Lt => o.is_lt(),
+                    BinaryOp::Le => o.is_le(),
+                    BinaryOp::Gt => o.is_gt(),
+                    _ => o.is_ge(),
+                })
+            }
+            CExpr::Bin(BinaryOp::Eq, l, r) => l.eval(env).equals(&r.eval(env)),
+            CExpr::Not(x) => !x.test(env),
+            CExpr::FieldCmpNum(op, slot, n) => {
+                let Some(ev) = env.current else { return false };
+                let x = match ev.slots[*slot as usize] {
+                    Value::Int(i) => i as f64,
+                    Value::Float(f) => f,
+                    _ => return false,
+                };
+                match op {
+                    BinaryOp::Lt => x < *n,
+                    BinaryOp::Le => x <= *n,
+                    BinaryOp::Gt => x > *n,
+                    BinaryOp::Ge => x >= *n,
+                    _ => x == *n,
+                }
+            }
+            _ => self.eval(env).truthy(),
+        }
+    }
+
+    /// Rewrites hot shapes into direct forms; meaning is unchanged.
+    pub fn optimize(self) -> CExpr {
+        use BinaryOp::*;
+        match self {
+            CExpr::Bin(op @ (Lt | Le | Gt | Ge | Eq), l, r) => match (*l, *r) {
+                (CExpr::Field(s), CExpr::Const(c)) if c.as_f64().is_some_and(|n| n.abs() < 9.0e15) => {
+                    CExpr::FieldCmpNum(op, s, c.as_f64().unwrap())
+                }
+                (l, r) => CExpr::Bin(op, Box::new(l.optimize()), Box::new(r.optimize())),
+            },
+            CExpr::Bin(op, l, r) => CExpr::Bin(op, Box::new(l.optimize()), Box::new(r.optimize())),
+            CExpr::Not(x) => CExpr::Not(Box::new(x.optimize())),
+            other => other,
+        }
     }
 
     pub fn eval<'a>(&'a self, env: &'a Env) -> Cow<'a, Value> {
@@ -141,8 +193,9 @@ impl CExpr {
                 Owned(Value::Bool(hit != *negated))
             }
             CExpr::Call(f, x) => Owned(builtin(*f, x.eval(env).as_ref())),
+            CExpr::FieldCmpNum(..) => Owned(Value::Bool(self.test(env))),
             CExpr::Info(i) => Owned(match i {
-                MatchInfo::Key => env.key.map_or(Value::Null, |k| Value::Str(k.0.clone())),
+                MatchInfo::Key => env.key.map_or(Value::Null, |k| Value::Str(Arc::from(k.as_str()))),
                 MatchInfo::Start => Value::Int(env.start),
                 MatchInfo::End => Value::Int(env.end),
                 MatchInfo::Duration => Value::Int(env.end - env.start),

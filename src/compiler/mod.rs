@@ -192,7 +192,7 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
             var: v,
             bound: &bound_before[v as usize],
         };
-        conditions[v as usize] = Some(r.compile(&d.condition, &cx));
+        conditions[v as usize] = Some(r.compile(&d.condition, &cx).optimize());
     }
     for (i, v) in vars.iter().enumerate() {
         let is_negated =
@@ -236,10 +236,6 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
     };
     let emit = outputs(&p.emit, &mut errors);
     let on_timeout = p.on_timeout.as_ref().map(|t| outputs(t, &mut errors));
-
-    for k in &p.key {
-        fields.slot(&k.segments);
-    }
 
     let built = if errors.is_empty() {
         match nfa::build(&p.sequence, &|n| var_id(n).unwrap_or(0)) {

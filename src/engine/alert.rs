@@ -86,7 +86,7 @@ pub fn build(
     id.extend_from_slice(a.name.as_bytes());
     id.push(0);
     id.extend_from_slice(&a.version.to_le_bytes());
-    id.extend_from_slice(key.0.as_bytes());
+    id.extend_from_slice(key.as_str().as_bytes());
     id.push(kind as u8);
     for b in bindings {
         id.extend_from_slice(&b.var.to_le_bytes());

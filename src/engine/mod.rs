@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compiler::Automaton;
 use crate::event::{lookup, parse_time, DecodeError, Event, Key, KEY_SEPARATOR};
-use crate::time::{Push, ReorderBuffer};
+use crate::time::{Admit, ReorderBuffer};
 use crate::value::Value;
 
 pub use alert::{Alert, AlertKind};
@@ -174,8 +174,8 @@ impl Engine {
         let lim = self.limits();
         let (a, st) = &mut self.patterns[index];
         let mark = out.alerts.len();
-        match st.buffer.push(ev.time, ev) {
-            Push::Late(ev) => {
+        match st.buffer.admit(ev.time) {
+            Admit::Late => {
                 st.late += 1;
                 out.late.push(LateEvent {
                     pattern: a.name.clone(),
@@ -187,8 +187,8 @@ impl Engine {
                 });
                 return;
             }
-            Push::Ready(ev) => st.matcher.on_event(a, ev, lim, &mut out.alerts),
-            Push::Buffered => {}
+            Admit::Now => st.matcher.on_event(a, ev, lim, &mut out.alerts),
+            Admit::Buffer => st.buffer.insert(ev.time, ev),
         }
         while let Some(ev) = st.buffer.pop_ready() {
             st.matcher.on_event(a, ev, lim, &mut out.alerts);

@@ -47,15 +47,15 @@ impl<T> Ord for Pending<T> {
     }
 }
 
-/// What became of a pushed item.
-#[derive(Debug)]
-pub enum Push<T> {
-    /// Older than the watermark: handed back.
-    Late(T),
+/// Where an arriving item goes; see [`ReorderBuffer::admit`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Older than the watermark: late.
+    Late,
     /// Nothing earlier is pending and the watermark has passed it: use it now.
-    Ready(T),
-    /// Waiting for the watermark.
-    Buffered,
+    Now,
+    /// Must wait for the watermark: [`ReorderBuffer::insert`] it.
+    Buffer,
 }
 
 /// Holds items until the watermark passes their time.
@@ -99,18 +99,25 @@ impl<T> ReorderBuffer<T> {
         self.heap.is_empty()
     }
 
-    pub fn push(&mut self, time: i64, item: T) -> Push<T> {
+    /// Registers an item's time and says where the item goes. Deciding
+    /// without taking the item keeps the in-order fast path free of moves.
+    pub fn admit(&mut self, time: i64) -> Admit {
         if time < self.watermark() {
-            return Push::Late(item);
+            return Admit::Late;
         }
         self.max_seen = self.max_seen.max(time);
         if self.heap.is_empty() && time <= self.watermark() {
-            return Push::Ready(item);
+            Admit::Now
+        } else {
+            Admit::Buffer
         }
+    }
+
+    /// Buffers an item that [`ReorderBuffer::admit`] said must wait.
+    pub fn insert(&mut self, time: i64, item: T) {
         let seq = self.seq;
         self.seq += 1;
         self.heap.push(Pending { time, seq, item });
-        Push::Buffered
     }
 
     /// The earliest item the watermark has passed, if any.
