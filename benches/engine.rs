@@ -13,10 +13,11 @@ use std::sync::Arc;
 use cep::compiler::{compile_source, Automaton};
 use cep::engine::{decode, Engine, EngineConfig, Output};
 use cep::event::Event;
+use cep::gen::CardGen;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 const EVENTS: usize = 1_000_000;
-const KEYS: u64 = 100_000;
+const KEYS: usize = 100_000;
 
 const SMALL_THEN_LARGE: &str = r#"
 pattern small_then_large
@@ -43,39 +44,24 @@ end"#;
 /// A card stream shaped like the Flink peer's generator: 2% of amounts
 /// under 10, 1% over 500, 10% in (100, 500]; 10 ms mean gap, in order.
 fn card_stream() -> Vec<serde_json::Value> {
-    let mut state = 0x5eed_u64;
-    let mut next = move || {
-        // splitmix64
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let mut ts = 1_700_000_000_000i64;
-    (0..EVENTS)
-        .map(|_| {
-            ts += 1 + (next() % 19) as i64;
-            let p = next() % 1000;
-            let cents = next() % 100;
-            let dollars = match p {
-                0..=19 => next() % 10,
-                20..=29 => 501 + next() % 2000,
-                30..=129 => 101 + next() % 399,
-                _ => 10 + next() % 90,
-            };
-            serde_json::json!({
-                "card": {"id": format!("c{:06}", next() % KEYS)},
-                "ts": ts,
-                "amount": dollars as f64 + cents as f64 / 100.0,
-                "merchant": format!("m{:03}", next() % 500),
-            })
-        })
-        .collect()
+    CardGen {
+        events: EVENTS,
+        cards: KEYS,
+        seed: 42,
+        mean_gap_ms: 10.0,
+        p_small: 0.02,
+        p_large: 0.01,
+        p_mid: 0.10,
+        p_boundary: 0.0,
+        ..CardGen::default()
+    }
+    .generate()
 }
 
 fn compile(src: &str) -> Automaton {
-    compile_source("bench", src).expect("bench pattern compiles").remove(0)
+    compile_source("bench", src)
+        .expect("bench pattern compiles")
+        .remove(0)
 }
 
 fn run_decoded(a: &Automaton, events: Vec<Event>) -> usize {
@@ -94,7 +80,9 @@ fn run_decoded(a: &Automaton, events: Vec<Event>) -> usize {
 fn benches(c: &mut Criterion) {
     let docs = card_stream();
     let mut group = c.benchmark_group("engine");
-    group.sample_size(10).throughput(Throughput::Elements(EVENTS as u64));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(EVENTS as u64));
     for src in [SMALL_THEN_LARGE, BURST, SMALL_THEN_ANY_LARGE] {
         let a = compile(src);
         let events: Vec<Event> = docs
@@ -104,14 +92,20 @@ fn benches(c: &mut Criterion) {
             .collect();
         eprintln!("{}: {} alerts", a.name, run_decoded(&a, events.clone()));
         group.bench_function(a.name.as_str(), |b| {
-            b.iter_batched(|| events.clone(), |evs| run_decoded(&a, evs), BatchSize::LargeInput)
+            b.iter_batched(
+                || events.clone(),
+                |evs| run_decoded(&a, evs),
+                BatchSize::LargeInput,
+            )
         });
     }
     group.finish();
 
     let lines: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
     let mut group = c.benchmark_group("decode+engine");
-    group.sample_size(10).throughput(Throughput::Elements(EVENTS as u64));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(EVENTS as u64));
     let a = compile(SMALL_THEN_LARGE);
     group.bench_function("small_then_large", |b| {
         b.iter(|| {
@@ -142,16 +136,20 @@ fn benches(c: &mut Criterion) {
         .and_then(|c| c.engine_config())
         .unwrap();
     let count = |input: &str| {
-        let (records, _) = cep::input::open(input, cep::input::Format::Csv, &["NA".into()]).unwrap();
+        let (records, _) =
+            cep::input::open(input, cep::input::Format::Csv, &["NA".into()]).unwrap();
         records.count() as u64
     };
     let mut group = c.benchmark_group("replay");
-    group.sample_size(10).throughput(Throughput::Elements(count(input)));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Elements(count(input)));
     group.bench_function("flights", |b| {
         b.iter(|| {
             let mut engine = Engine::new(automata.clone(), config);
             let mut out = Output::default();
-            let (records, _) = cep::input::open(input, cep::input::Format::Csv, &["NA".into()]).unwrap();
+            let (records, _) =
+                cep::input::open(input, cep::input::Format::Csv, &["NA".into()]).unwrap();
             for r in records.flatten() {
                 engine.push(None, &Arc::new(r.doc), r.hash, &mut out);
                 out.alerts.clear();

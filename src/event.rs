@@ -70,7 +70,9 @@ impl Key {
     pub fn as_str(&self) -> &str {
         match &self.text {
             // Only ever built from a whole `&str` that fits.
-            KeyText::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            KeyText::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..*len as usize]).unwrap_or("")
+            }
             KeyText::Heap(s) => s,
         }
     }

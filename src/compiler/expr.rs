@@ -134,7 +134,9 @@ impl CExpr {
         use BinaryOp::*;
         match self {
             CExpr::Bin(op @ (Lt | Le | Gt | Ge | Eq), l, r) => match (*l, *r) {
-                (CExpr::Field(s), CExpr::Const(c)) if c.as_f64().is_some_and(|n| n.abs() < 9.0e15) => {
+                (CExpr::Field(s), CExpr::Const(c))
+                    if c.as_f64().is_some_and(|n| n.abs() < 9.0e15) =>
+                {
                     CExpr::FieldCmpNum(op, s, c.as_f64().unwrap())
                 }
                 (l, r) => CExpr::Bin(op, Box::new(l.optimize()), Box::new(r.optimize())),
@@ -178,8 +180,10 @@ impl CExpr {
             CExpr::Bin(op, l, r) => Owned(binary(*op, l, r, env)),
             CExpr::In(x, list, negated) => {
                 let x = x.eval(env);
-                let found = !x.is_absent() && list.iter().any(|i| i.eval(env).equals(&x));
-                Owned(Value::Bool(found != *negated))
+                // Like `==` and `!=`, a missing or null value is in no list
+                // and not outside one either.
+                let found = list.iter().any(|i| i.eval(env).equals(&x));
+                Owned(Value::Bool(!x.is_absent() && found != *negated))
             }
             CExpr::Matches(x, re) => Owned(Value::Bool(
                 x.eval(env).text().is_some_and(|t| re.is_match(t.as_ref())),
@@ -195,7 +199,9 @@ impl CExpr {
             CExpr::Call(f, x) => Owned(builtin(*f, x.eval(env).as_ref())),
             CExpr::FieldCmpNum(..) => Owned(Value::Bool(self.test(env))),
             CExpr::Info(i) => Owned(match i {
-                MatchInfo::Key => env.key.map_or(Value::Null, |k| Value::Str(Arc::from(k.as_str()))),
+                MatchInfo::Key => env
+                    .key
+                    .map_or(Value::Null, |k| Value::Str(Arc::from(k.as_str()))),
                 MatchInfo::Start => Value::Int(env.start),
                 MatchInfo::End => Value::Int(env.end),
                 MatchInfo::Duration => Value::Int(env.end - env.start),

@@ -757,6 +757,19 @@ impl Parser {
                     span: t.span.to(span),
                 })
             }
+            // `end` names the match's end time in outputs (`emit e = end`);
+            // it closes the block only where a block may close.
+            Tok::Word(w)
+                if w == "end"
+                    && !matches!(self.peek_at(1), Tok::Eof)
+                    && !matches!(self.peek_at(1), Tok::Word(n) if n == "pattern" || n == "shadow") =>
+            {
+                let path = self.path()?;
+                Ok(Expr {
+                    span: path.span,
+                    kind: ExprKind::Path(path),
+                })
+            }
             Tok::Word(w) if EXPR_WORDS.contains(&w.as_str()) || SECTION_WORDS.contains(&w.as_str()) => {
                 Err(self.unexpected("a value").hint(
                     "a condition compares fields and values: `amount > 500`; quote a field named like a keyword: `end`",

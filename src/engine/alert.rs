@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
+use crate::compiler::expr::MatchInfo;
 use crate::compiler::{Automaton, Binding, CExpr, Env};
 use crate::event::{stable_hash, Key};
 
@@ -79,7 +80,14 @@ pub fn build(
     };
     let fields = outputs
         .iter()
-        .map(|(name, e)| (name.clone(), e.eval(&env).to_json()))
+        .map(|(name, e)| {
+            let v = match e {
+                // A composite key reads as in the alert's own `key`.
+                CExpr::Info(MatchInfo::Key) => key.to_json(),
+                e => e.eval(&env).to_json(),
+            };
+            (name.clone(), v)
+        })
         .collect();
 
     let mut id = Vec::with_capacity(64);

@@ -59,8 +59,9 @@ pub struct KeyRuns {
     runs: Vec<Run>,
     /// Position of the next event of this key.
     next_pos: u64,
-    /// Deadline of this key's pending timer, `i64::MAX` for none.
-    scheduled: i64,
+    /// Deadline of this key's pending timer (runs without a window have
+    /// one at the end of time, which only the end of input reaches).
+    scheduled: Option<i64>,
 }
 
 /// Counters of one pattern.
@@ -105,10 +106,7 @@ impl Matcher {
             return;
         }
         let ev = Arc::new(ev);
-        let ks = self.keys.entry(ev.key.clone()).or_insert_with(|| KeyRuns {
-            scheduled: i64::MAX,
-            ..KeyRuns::default()
-        });
+        let ks = self.keys.entry(ev.key.clone()).or_default();
         let mut cx = Step {
             a,
             key: &ev.key,
@@ -140,10 +138,10 @@ impl Matcher {
             let Some(ks) = self.keys.get_mut(&key) else {
                 continue;
             };
-            if ks.scheduled != deadline {
+            if ks.scheduled != Some(deadline) {
                 continue; // superseded by an earlier timer
             }
-            ks.scheduled = i64::MAX;
+            ks.scheduled = None;
             let mut cx = Step {
                 a,
                 key: &key,
@@ -165,8 +163,8 @@ impl Matcher {
             return;
         }
         let deadline = ks.runs.iter().map(|r| deadline(a, r)).min().unwrap();
-        if deadline < ks.scheduled {
-            ks.scheduled = deadline;
+        if ks.scheduled.is_none_or(|s| deadline < s) {
+            ks.scheduled = Some(deadline);
             self.timers.push(Reverse((deadline, key)));
         }
     }
