@@ -85,8 +85,18 @@ pub fn compile_source(origin: &str, src: &str) -> Result<Vec<Automaton>, Diagnos
         source: src.to_string(),
         errors,
     };
-    let file = dsl::parse(src).map_err(fail)?;
-    compile_file(&file).map_err(fail)
+    // Check the patterns that parsed even when others did not: every error
+    // of the file is reported at once.
+    let (file, mut errors) = dsl::parser::parse_partial(src);
+    match compile_file(&file) {
+        Ok(automata) if errors.is_empty() => Ok(automata),
+        Ok(_) => Err(fail(errors)),
+        Err(mut semantic) => {
+            errors.append(&mut semantic);
+            errors.sort_by_key(|d| d.span.start);
+            Err(fail(errors))
+        }
+    }
 }
 
 /// Compiles a parsed file; all semantic errors are returned together.

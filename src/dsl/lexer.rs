@@ -140,12 +140,30 @@ fn lex_one(i: &str) -> Result<(&str, Tok), LexError> {
         // A unit directly after the digits makes a duration: `90s`, `5m`.
         if let Ok((after, u)) = unit(rest) {
             if !after.starts_with(is_word_char) {
-                let value: i64 = n.parse().map_err(|_| LexError {
-                    len: n.len() + u.len(),
-                    message: "a duration must be a whole number of units".into(),
-                    hint: "write `1500ms` rather than `1.5s`".into(),
+                let len = n.len() + u.len();
+                let Ok(value) = n.parse::<i64>() else {
+                    // Suggest the same length in a smaller unit: `1.5m` → `90s`.
+                    let ms = n.parse::<f64>().unwrap_or(0.0) * unit_millis(u) as f64;
+                    let hint = if ms.fract() == 0.0 && ms.abs() < 9.0e15 {
+                        format!(
+                            "write `{}` rather than `{n}{u}`",
+                            super::print::duration(ms as i64)
+                        )
+                    } else {
+                        "durations are whole numbers of a unit: `250ms`, `90s`, `5m`".into()
+                    };
+                    return Err(LexError {
+                        len,
+                        message: "a duration must be a whole number of units".into(),
+                        hint,
+                    });
+                };
+                let ms = value.checked_mul(unit_millis(u)).ok_or_else(|| LexError {
+                    len,
+                    message: "duration is too large".into(),
+                    hint: "durations are at most about 292 million years".into(),
                 })?;
-                return Ok((after, Tok::Duration(value * unit_millis(u))));
+                return Ok((after, Tok::Duration(ms)));
             }
         }
         if rest.starts_with(is_word_start) {
@@ -157,7 +175,16 @@ fn lex_one(i: &str) -> Result<(&str, Tok), LexError> {
             });
         }
         let tok = if n.contains(['.', 'e', 'E']) {
-            Tok::Float(n.parse().unwrap_or(f64::NAN))
+            match n.parse::<f64>() {
+                Ok(f) if f.is_finite() => Tok::Float(f),
+                _ => {
+                    return Err(LexError {
+                        len: n.len(),
+                        message: "number is too large".into(),
+                        hint: "floating-point numbers are 64-bit (at most about 1.8e308)".into(),
+                    })
+                }
+            }
         } else {
             Tok::Int(n.parse().map_err(|_| LexError {
                 len: n.len(),

@@ -12,24 +12,35 @@ use super::lexer::{tokenize, Tok, Token};
 
 /// Parses a whole file. On failure returns every error found.
 pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
-    let tokens = tokenize(src).map_err(|d| vec![d])?;
-    let mut p = Parser { tokens, pos: 0 };
-    let mut file = File::default();
-    let mut errors = Vec::new();
-    while !p.at_eof() {
-        match p.pattern() {
-            Ok(pattern) => file.patterns.push(pattern),
-            Err(e) => {
-                errors.push(e);
-                p.recover();
-            }
-        }
-    }
+    let (file, errors) = parse_partial(src);
     if errors.is_empty() {
         Ok(file)
     } else {
         Err(errors)
     }
+}
+
+/// Parses what can be parsed: the patterns that parsed, and the errors of
+/// those that did not (so that the compiler can still check the rest).
+pub fn parse_partial(src: &str) -> (File, Vec<Diagnostic>) {
+    let tokens = match tokenize(src) {
+        Ok(t) => t,
+        Err(d) => return (File::default(), vec![d]),
+    };
+    let mut p = Parser { tokens, pos: 0 };
+    let mut file = File::default();
+    let mut errors = Vec::new();
+    while !p.at_eof() {
+        let start = p.pos;
+        match p.pattern() {
+            Ok(pattern) => file.patterns.push(pattern),
+            Err(e) => {
+                errors.push(e);
+                p.recover(start);
+            }
+        }
+    }
+    (file, errors)
 }
 
 /// Parses a single expression (used by tests and tools).
@@ -165,11 +176,21 @@ impl Parser {
         Ok(Path { segments, span })
     }
 
-    /// Skips to the next `pattern` at the start of a block.
-    fn recover(&mut self) {
-        self.bump();
+    /// Skips to the next `pattern` after the failed block's start (which may
+    /// be the very token the error is at: `pattern` where `end` was due).
+    fn recover(&mut self, block_start: usize) {
+        if self.pos == block_start {
+            self.bump();
+        }
         while !self.at_eof() && !self.is_word("pattern") && !self.is_word("shadow") {
             self.bump();
+        }
+        // `shadow` only starts a block before `pattern`.
+        if self.is_word("pattern")
+            && self.pos > 0
+            && self.tokens[self.pos - 1].tok == Tok::Word("shadow".into())
+        {
+            self.pos -= 1;
         }
     }
 
@@ -276,6 +297,11 @@ impl Parser {
             self.expect_word("timeout", "the clause is `on timeout emit ...`")?;
             self.expect_word("emit", "the clause is `on timeout emit ...`")?;
             on_timeout = Some(self.outputs()?);
+        }
+        if self.at_eof() || self.is_word("pattern") || self.is_word("shadow") {
+            return Err(self
+                .unexpected(&format!("`end` to close pattern `{}`", name.name))
+                .hint("every pattern block ends with `end`"));
         }
         if !self.is_word("end") {
             let expected = if on_timeout.is_some() {
@@ -771,9 +797,9 @@ impl Parser {
                 })
             }
             Tok::Word(w) if EXPR_WORDS.contains(&w.as_str()) || SECTION_WORDS.contains(&w.as_str()) => {
-                Err(self.unexpected("a value").hint(
-                    "a condition compares fields and values: `amount > 500`; quote a field named like a keyword: `end`",
-                ))
+                Err(self.unexpected("a value").hint(format!(
+                    "`{w}` is a keyword here; write a field of that name in back quotes: `` `{w}` ``"
+                )))
             }
             Tok::Word(_) if self.peek_at(1) == &Tok::Punct("(") => {
                 let func = self.ident("a function name")?;
