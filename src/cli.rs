@@ -71,6 +71,12 @@ pub enum Command {
         /// Write unreadable records and undecodable events here (JSON lines).
         #[arg(long)]
         dead_letter: Option<PathBuf>,
+        /// At the end, close only windows that end by the newest event time:
+        /// for a sample of a longer stream, where the data cannot prove an
+        /// absence whose window reaches past it. By default the end of input
+        /// closes every window.
+        #[arg(long)]
+        keep_open: bool,
     },
     /// Run pattern test files (`*.test.toml`).
     Test {
@@ -103,6 +109,7 @@ pub fn run(cli: Cli) -> i32 {
             null,
             late,
             dead_letter,
+            keep_open,
         } => (|| {
             // The file is optional only when it is the default one.
             let file = if config.exists() || config != Path::new("config.toml") {
@@ -146,6 +153,7 @@ pub fn run(cli: Cli) -> i32 {
                 null: &null,
                 late: late.as_deref(),
                 dead_letter: dead_letter.as_deref(),
+                keep_open,
             })
         })(),
         Command::Test { path } => test(&path),
@@ -236,6 +244,7 @@ struct ReplayArgs<'a> {
     null: &'a [String],
     late: Option<&'a Path>,
     dead_letter: Option<&'a Path>,
+    keep_open: bool,
 }
 
 fn replay(args: &ReplayArgs) -> Result<i32, String> {
@@ -263,7 +272,10 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
     let mut alerts_out = BufWriter::with_capacity(1 << 16, stdout.lock());
 
     let started = Instant::now();
+    // `late` and `rejected` count (record, pattern) pairs; the `_records`
+    // counts, records that at least one pattern found late or undecodable.
     let (mut events, mut bad, mut late, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    let (mut late_records, mut rejected_records) = (0u64, 0u64);
     let mut first_problems: Vec<String> = Vec::new();
     let mut out = Output::default();
     let mut write_out = |out: &mut Output,
@@ -307,6 +319,8 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
                     bar.inc(r.bytes * 4096);
                 }
                 engine.push(args.stream, &Arc::new(r.doc), r.hash, &mut out);
+                late_records += u64::from(!out.late.is_empty());
+                rejected_records += u64::from(!out.rejected.is_empty());
             }
             Err(b) => {
                 bad += 1;
@@ -318,7 +332,11 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
         }
         write_out(&mut out, &mut first_problems, unreadable).map_err(io_err)?;
     }
-    engine.flush(&mut out);
+    if args.keep_open {
+        engine.drain(&mut out);
+    } else {
+        engine.flush(&mut out);
+    }
     write_out(&mut out, &mut first_problems, None).map_err(io_err)?;
     alerts_out.flush().map_err(io_err)?;
     bar.finish_and_clear();
@@ -327,17 +345,24 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
     let mut err = io::stderr().lock();
     let _ = writeln!(
         err,
-        "replayed {events} events in {secs:.2}s ({:.0} events/s); {bad} unreadable records, {rejected} undecodable, {late} late",
+        "replayed {events} events in {secs:.2}s ({:.0} events/s); {bad} unreadable, \
+         {rejected_records} undecodable ({rejected} pattern rejections), \
+         {late_records} late ({late} pattern-level)",
         events as f64 / secs.max(1e-9)
     );
     for s in engine.stats() {
         let _ = writeln!(
             err,
-            "  {:<28} v{} {:>7} matches {:>6} timeouts{}{}",
+            "  {:<28} v{} {:>7} matches {:>6} timeouts{}{}{}",
             s.pattern,
             s.version,
             s.matched.matches,
             s.matched.timeouts,
+            if s.active_runs > 0 {
+                format!("  ({} runs still open)", s.active_runs)
+            } else {
+                String::new()
+            },
             if s.shadow {
                 "  (shadow: not emitted)"
             } else {

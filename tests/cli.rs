@@ -99,11 +99,15 @@ fn replay_prints_alerts_late_events_and_a_summary() {
     assert_eq!(t["key"], "c2");
     assert!(err.contains("replayed 5 events"), "{err}");
     assert!(
-        err.contains("1 unreadable records, 1 undecodable, 1 late"),
+        err.contains(
+            "1 unreadable, 1 undecodable (1 pattern rejections), 1 late (1 pattern-level)"
+        ),
         "{err}"
     );
     let late = std::fs::read_to_string(late).unwrap();
     assert!(late.contains("\"event_time\":500"), "{late}");
+    // The whole late document is kept, not only its key and time.
+    assert!(late.contains("\"amount\":1"), "{late}");
     let dead = std::fs::read_to_string(dead).unwrap();
     assert!(
         dead.contains("invalid JSON") && dead.contains("missing key field `card.id`"),

@@ -55,7 +55,8 @@ impl Default for EngineConfig {
 /// The mutable state of one pattern.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PatternState {
-    buffer: ReorderBuffer<Event>,
+    /// Boxed: heap operations then move a pointer, not a whole event.
+    buffer: ReorderBuffer<Box<Event>>,
     matcher: Matcher,
     pub late: u64,
     pub rejected: u64,
@@ -157,6 +158,17 @@ impl Engine {
             }
             let raw = self.config.include_events.then(|| doc.clone());
             match decode(a, doc, hash, raw) {
+                Ok(ev) if ev.time < self.patterns[i].1.buffer.watermark() => {
+                    // Late: hand over the whole document, not just key and time.
+                    let (a, st) = &mut self.patterns[i];
+                    st.late += 1;
+                    out.late.push(LateEvent {
+                        pattern: a.name.clone(),
+                        event_time: ev.time,
+                        watermark: st.buffer.watermark(),
+                        event: doc.as_ref().clone(),
+                    });
+                }
                 Ok(ev) => self.push_event(i, ev, out),
                 Err(e) => {
                     out.rejected.push(Rejected {
@@ -188,10 +200,10 @@ impl Engine {
                 return;
             }
             Admit::Now => st.matcher.on_event(a, ev, lim, &mut out.alerts),
-            Admit::Buffer => st.buffer.insert(ev.time, ev),
+            Admit::Buffer => st.buffer.insert(ev.time, Box::new(ev)),
         }
         while let Some(ev) = st.buffer.pop_ready() {
-            st.matcher.on_event(a, ev, lim, &mut out.alerts);
+            st.matcher.on_event(a, *ev, lim, &mut out.alerts);
         }
         st.matcher
             .advance(a, st.buffer.watermark(), lim, &mut out.alerts);
@@ -201,16 +213,33 @@ impl Engine {
         }
     }
 
-    /// End of input: releases every buffered event and closes every window.
+    /// End of input: releases every buffered event and closes every window
+    /// (the stream is over, so every absence is proven and every partial
+    /// match has timed out).
     pub fn flush(&mut self, out: &mut Output) {
+        self.finish(true, out);
+    }
+
+    /// End of a sample of a longer stream: releases every buffered event but
+    /// closes only the windows that end by the newest event time seen.
+    /// Runs whose window reaches past the data stay open (see
+    /// [`PatternStats::active_runs`]): a backtest then raises no absence the
+    /// data cannot prove.
+    pub fn drain(&mut self, out: &mut Output) {
+        self.finish(false, out);
+    }
+
+    fn finish(&mut self, close_all: bool, out: &mut Output) {
         let lim = self.limits();
         for (a, st) in &mut self.patterns {
             let mark = out.alerts.len();
+            let newest = st.buffer.newest();
             st.buffer.flush();
             while let Some(ev) = st.buffer.pop_ready() {
-                st.matcher.on_event(a, ev, lim, &mut out.alerts);
+                st.matcher.on_event(a, *ev, lim, &mut out.alerts);
             }
-            st.matcher.advance(a, i64::MAX, lim, &mut out.alerts);
+            let until = if close_all { i64::MAX } else { newest };
+            st.matcher.advance(a, until, lim, &mut out.alerts);
             if a.shadow {
                 st.shadow_alerts += (out.alerts.len() - mark) as u64;
                 out.alerts.truncate(mark);

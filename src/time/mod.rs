@@ -91,6 +91,11 @@ impl<T> ReorderBuffer<T> {
         self.max_seen.saturating_sub(self.lateness)
     }
 
+    /// The largest time seen (`i64::MIN` before any).
+    pub fn newest(&self) -> i64 {
+        self.max_seen
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }
