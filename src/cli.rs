@@ -170,21 +170,7 @@ pub fn run(cli: Cli) -> i32 {
 
 /// Every `*.cep` file under `path` (or `path` itself), sorted.
 pub fn pattern_files(path: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if path.is_file() {
-        out.push(path.to_path_buf());
-    } else if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(pattern_files(&p));
-            } else if p.extension().is_some_and(|x| x == "cep") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    input::files_ending(path, ".cep")
 }
 
 /// Compiles every pattern file under `path`.

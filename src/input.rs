@@ -176,3 +176,23 @@ fn cell_value(text: &str) -> serde_json::Value {
     }
     serde_json::Value::String(text.to_string())
 }
+
+/// Every file under `path` whose name ends with `suffix` (or `path` itself
+/// when it is a file), sorted.
+pub fn files_ending(path: &std::path::Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if path.is_file() {
+        out.push(path.to_path_buf());
+    } else if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_ending(&p, suffix));
+            } else if p.to_string_lossy().ends_with(suffix) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

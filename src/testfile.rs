@@ -98,21 +98,33 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
 
 /// Finds every `*.test.toml` under `path` (or `path` itself), sorted.
 pub fn discover(path: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if path.is_file() {
-        out.push(path.to_path_buf());
-    } else if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(discover(&p));
-            } else if p.to_string_lossy().ends_with(".test.toml") {
-                out.push(p);
+    crate::input::files_ending(path, ".test.toml")
+}
+
+/// Runs every test file under `path`: the number of cases run, and one
+/// readable message per failing case or unreadable file.
+pub fn run_all(path: &Path) -> (usize, Vec<String>) {
+    let mut cases = 0;
+    let mut failures = Vec::new();
+    for f in discover(path) {
+        match run_file(&f) {
+            Ok(results) => {
+                for r in results {
+                    cases += 1;
+                    if !r.failures.is_empty() {
+                        failures.push(format!(
+                            "{} :: {}\n    {}",
+                            f.display(),
+                            r.name,
+                            r.failures.join("\n    ").replace('\n', "\n    ")
+                        ));
+                    }
+                }
             }
+            Err(e) => failures.push(format!("{}: {e}", f.display())),
         }
     }
-    out.sort();
-    out
+    (cases, failures)
 }
 
 /// Runs every case of one test file.

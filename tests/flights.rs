@@ -32,26 +32,7 @@ fn pattern_test_files_pass() {
             .any(|f| f.starts_with(root().join("patterns/flights"))),
         "no test files under patterns/flights"
     );
-    let mut failures = Vec::new();
-    let mut cases = 0;
-    for f in &files {
-        match cep::testfile::run_file(f) {
-            Ok(results) => {
-                for r in results {
-                    cases += 1;
-                    if !r.failures.is_empty() {
-                        failures.push(format!(
-                            "{} :: {}\n    {}",
-                            f.display(),
-                            r.name,
-                            r.failures.join("\n    ")
-                        ));
-                    }
-                }
-            }
-            Err(e) => failures.push(format!("{}: {e}", f.display())),
-        }
-    }
+    let (cases, failures) = cep::testfile::run_all(&root().join("patterns"));
     assert!(
         failures.is_empty(),
         "{} failing case(s):\n{}",
