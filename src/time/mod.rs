@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn in_order_input_takes_the_fast_path() {
-        let mut b = ReorderBuffer::new(0);
+        let mut b: ReorderBuffer<()> = ReorderBuffer::new(0);
         assert_eq!(b.admit(10), Admit::Now);
         assert_eq!(b.admit(10), Admit::Now, "a tie is not late");
         assert_eq!(b.admit(9), Admit::Late);
