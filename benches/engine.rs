@@ -95,7 +95,7 @@ fn benches(c: &mut Criterion) {
             b.iter_batched(
                 || events.clone(),
                 |evs| run_decoded(&a, evs),
-                BatchSize::LargeInput,
+                BatchSize::PerIteration,
             )
         });
     }

@@ -95,7 +95,16 @@ impl CExpr {
     /// Evaluates as a condition. Comparisons and logic are answered here
     /// directly, without building intermediate boolean values: this is the
     /// innermost loop of matching.
+    #[inline]
     pub fn test(&self, env: &Env) -> bool {
+        // The commonest condition, answered inline at the call site.
+        if let CExpr::FieldCmpNum(op, slot, n) = self {
+            return field_cmp_num(*op, *slot, *n, env);
+        }
+        self.test_general(env)
+    }
+
+    fn test_general(&self, env: &Env) -> bool {
         match self {
             CExpr::Bin(BinaryOp::And, l, r) => l.test(env) && r.test(env),
             CExpr::Bin(BinaryOp::Or, l, r) => l.test(env) || r.test(env),
@@ -110,21 +119,7 @@ impl CExpr {
             }
             CExpr::Bin(BinaryOp::Eq, l, r) => l.eval(env).equals(&r.eval(env)),
             CExpr::Not(x) => !x.test(env),
-            CExpr::FieldCmpNum(op, slot, n) => {
-                let Some(ev) = env.current else { return false };
-                let x = match ev.slots[*slot as usize] {
-                    Value::Int(i) => i as f64,
-                    Value::Float(f) => f,
-                    _ => return false,
-                };
-                match op {
-                    BinaryOp::Lt => x < *n,
-                    BinaryOp::Le => x <= *n,
-                    BinaryOp::Gt => x > *n,
-                    BinaryOp::Ge => x >= *n,
-                    _ => x == *n,
-                }
-            }
+            CExpr::FieldCmpNum(op, slot, n) => field_cmp_num(*op, *slot, *n, env),
             _ => self.eval(env).truthy(),
         }
     }
@@ -207,6 +202,23 @@ impl CExpr {
                 MatchInfo::Duration => Value::Int(env.end - env.start),
             }),
         }
+    }
+}
+
+#[inline]
+fn field_cmp_num(op: BinaryOp, slot: u32, n: f64, env: &Env) -> bool {
+    let Some(ev) = env.current else { return false };
+    let x = match ev.slots.get(slot as usize) {
+        Some(Value::Int(i)) => *i as f64,
+        Some(Value::Float(f)) => *f,
+        _ => return false,
+    };
+    match op {
+        BinaryOp::Lt => x < n,
+        BinaryOp::Le => x <= n,
+        BinaryOp::Gt => x > n,
+        BinaryOp::Ge => x >= n,
+        _ => x == n,
     }
 }
 

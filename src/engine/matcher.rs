@@ -100,6 +100,7 @@ impl Matcher {
     }
 
     /// Offers one event, in event-time order for its key.
+    #[inline]
     pub fn on_event(&mut self, a: &Automaton, ev: Event, lim: Limits, out: &mut Vec<Alert>) {
         self.stats.events += 1;
         if !self.keys.contains_key(&ev.key) && !can_start(a, &ev) {
@@ -129,7 +130,19 @@ impl Matcher {
     }
 
     /// Fires every deadline at or before `watermark`.
+    #[inline]
     pub fn advance(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
+        // Checked inline: most events move the watermark past no deadline.
+        if self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((d, _))| *d <= watermark)
+        {
+            self.fire(a, watermark, lim, out);
+        }
+    }
+
+    fn fire(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
         while let Some(Reverse((deadline, _))) = self.timers.peek() {
             if *deadline > watermark {
                 break;
@@ -171,6 +184,7 @@ impl Matcher {
 }
 
 /// Whether `ev` could start a run: some entry of the start node takes it.
+#[inline]
 fn can_start(a: &Automaton, ev: &Event) -> bool {
     let env = Env {
         current: Some(ev),

@@ -182,6 +182,7 @@ impl Engine {
     }
 
     /// Feeds an event already decoded for pattern number `index`.
+    #[inline]
     pub fn push_event(&mut self, index: usize, ev: Event, out: &mut Output) {
         let lim = self.limits();
         let (a, st) = &mut self.patterns[index];

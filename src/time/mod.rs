@@ -106,6 +106,7 @@ impl<T> ReorderBuffer<T> {
 
     /// Registers an item's time and says where the item goes. Deciding
     /// without taking the item keeps the in-order fast path free of moves.
+    #[inline]
     pub fn admit(&mut self, time: i64) -> Admit {
         if time < self.watermark() {
             return Admit::Late;
