@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use crate::compiler::{compile_source, dot, Automaton};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Output};
-use crate::input::{self, Format};
+use crate::input::{self, Format, Payload};
 use crate::testfile;
 
 #[derive(Parser)]
@@ -304,7 +304,23 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
                 if n % 4096 == 0 {
                     bar.inc(r.bytes * 4096);
                 }
-                engine.push(args.stream, &Arc::new(r.doc), r.hash, &mut out);
+                match r.payload {
+                    Payload::Doc(doc) => engine.push(args.stream, &Arc::new(doc), r.hash, &mut out),
+                    Payload::Json(text) => {
+                        if let Err(e) = engine.push_json(args.stream, &text, r.hash, &mut out) {
+                            events -= 1;
+                            bad += 1;
+                            if first_problems.len() < 5 {
+                                first_problems.push(format!("line {}: {e}", r.line));
+                            }
+                            unreadable = Some(input::BadRecord {
+                                line: r.line,
+                                reason: e.0,
+                                raw: String::from_utf8_lossy(&text).into_owned(),
+                            });
+                        }
+                    }
+                }
                 late_records += u64::from(!out.late.is_empty());
                 rejected_records += u64::from(!out.rejected.is_empty());
             }

@@ -3,9 +3,11 @@
 //! Every record becomes a JSON document plus a stable hash of its bytes (the
 //! event's identity in alert ids). CSV rows become objects keyed by the
 //! header row; numbers become numbers, and empty cells or `NA` are left out,
-//! so `dep_delay is missing` finds a cancelled flight. A record that cannot
-//! be read is returned as a [`BadRecord`] with its line and reason: the
-//! caller sends it to the dead-letter output, it is never skipped silently.
+//! so `dep_delay is missing` finds a cancelled flight. JSON lines stay text
+//! until the engine reads the fields it needs. A record that cannot be read
+//! is returned as a [`BadRecord`] with its line and reason (as is a JSON line
+//! the engine finds malformed): the caller sends it to the dead-letter
+//! output, it is never skipped silently.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -30,10 +32,32 @@ impl Format {
     }
 }
 
+/// What a record holds.
+#[derive(Debug)]
+pub enum Payload {
+    /// A JSON line as text: the engine reads only the fields it needs
+    /// ([`crate::engine::Engine::push_json`]) and checks it is an object.
+    Json(Vec<u8>),
+    /// A document already built (a CSV row).
+    Doc(serde_json::Value),
+}
+
+impl Payload {
+    /// The record as a document (parsing JSON text).
+    pub fn into_doc(self) -> Result<serde_json::Value, String> {
+        match self {
+            Payload::Doc(d) => Ok(d),
+            Payload::Json(b) => {
+                serde_json::from_slice(&b).map_err(|e| format!("invalid JSON: {e}"))
+            }
+        }
+    }
+}
+
 /// One input record.
 #[derive(Debug)]
 pub struct Record {
-    pub doc: serde_json::Value,
+    pub payload: Payload,
     pub hash: u64,
     /// 1-based line (CSV: record number + 1 for the header).
     pub line: u64,
@@ -92,28 +116,21 @@ fn json_lines(reader: impl BufRead) -> impl Iterator<Item = Result<Record, BadRe
                 }))
             }
         };
-        let trimmed = bytes.trim_ascii();
+        let size = bytes.len() as u64 + 1;
+        let mut text = bytes;
+        let trimmed = text.trim_ascii();
         if trimmed.is_empty() {
             return None;
         }
-        Some(match serde_json::from_slice::<serde_json::Value>(trimmed) {
-            Ok(doc) if doc.is_object() => Ok(Record {
-                hash: stable_hash(trimmed, 0),
-                doc,
-                line: line_no,
-                bytes: bytes.len() as u64 + 1,
-            }),
-            Ok(_) => Err(BadRecord {
-                line: line_no,
-                reason: "an event must be a JSON object".into(),
-                raw: String::from_utf8_lossy(trimmed).into_owned(),
-            }),
-            Err(e) => Err(BadRecord {
-                line: line_no,
-                reason: format!("invalid JSON: {e}"),
-                raw: String::from_utf8_lossy(trimmed).into_owned(),
-            }),
-        })
+        if trimmed.len() != text.len() {
+            text = trimmed.to_vec();
+        }
+        Some(Ok(Record {
+            hash: stable_hash(&text, 0),
+            payload: Payload::Json(text),
+            line: line_no,
+            bytes: size,
+        }))
     })
 }
 
@@ -150,7 +167,7 @@ fn csv_rows(
             obj.insert(name.clone(), cell_value(&text));
         }
         Ok(Record {
-            doc: serde_json::Value::Object(obj),
+            payload: Payload::Doc(serde_json::Value::Object(obj)),
             bytes: hash_input.len() as u64,
             hash: stable_hash(&hash_input, 0),
             line,

@@ -12,6 +12,7 @@
 //! - [`dsl`]: lexer, parser, syntax tree, printer and diagnostics.
 //! - [`compiler`]: semantic checks; syntax tree → immutable [`compiler::Automaton`].
 //! - [`event`], [`value`]: decoded events and the values conditions use.
+//! - [`extract`]: reading just the needed fields from JSON text.
 //! - [`time`]: watermarks and the reorder buffer.
 //! - [`engine`]: per-key runs, windows, skip strategies, alerts, snapshots.
 //!
@@ -29,6 +30,7 @@ pub mod config;
 pub mod dsl;
 pub mod engine;
 pub mod event;
+pub mod extract;
 pub mod gen;
 pub mod input;
 pub mod testfile;

@@ -186,7 +186,12 @@ fn replay(patterns: &Path, input: &Path, lateness_ms: i64) -> (Vec<Alert>, usize
     let mut n = 0;
     for rec in records {
         let rec = rec.expect("every row of the sample reads");
-        engine.push(None, &Arc::new(rec.doc), rec.hash, &mut out);
+        engine.push(
+            None,
+            &Arc::new(rec.payload.into_doc().unwrap()),
+            rec.hash,
+            &mut out,
+        );
         n += 1;
     }
     engine.flush(&mut out);

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compiler::Automaton;
 use crate::event::{lookup, parse_time, DecodeError, Event, Key, KEY_SEPARATOR};
+use crate::extract::{Captures, Extractor};
 use crate::time::{Admit, ReorderBuffer};
 use crate::value::Value;
 
@@ -111,6 +112,18 @@ pub struct Snapshot {
 pub struct Engine {
     config: EngineConfig,
     patterns: Vec<(Automaton, PatternState)>,
+    /// Every pattern's fields, for reading JSON text in one pass.
+    extractor: Extractor,
+    /// Where each pattern's fields land among the extractor's captures.
+    fields: Vec<CaptureSlots>,
+    scratch: Captures,
+}
+
+/// Capture numbers of one pattern's key paths, time and slots.
+struct CaptureSlots {
+    key: Vec<usize>,
+    time: usize,
+    slots: Vec<usize>,
 }
 
 impl Engine {
@@ -127,8 +140,23 @@ impl Engine {
                 };
                 (a, state)
             })
+            .collect::<Vec<_>>();
+        let mut extractor = Extractor::new();
+        let fields = patterns
+            .iter()
+            .map(|(a, _)| CaptureSlots {
+                key: a.key_paths.iter().map(|p| extractor.add(p)).collect(),
+                time: extractor.add(&a.time.field.segments),
+                slots: a.fields.paths.iter().map(|p| extractor.add(p)).collect(),
+            })
             .collect();
-        Engine { config, patterns }
+        Engine {
+            config,
+            patterns,
+            extractor,
+            fields,
+            scratch: Captures::new(),
+        }
     }
 
     pub fn automata(&self) -> impl Iterator<Item = &Automaton> {
@@ -157,26 +185,85 @@ impl Engine {
                 continue;
             }
             let raw = self.config.include_events.then(|| doc.clone());
-            match decode(a, doc, hash, raw) {
-                Ok(ev) if ev.time < self.patterns[i].1.buffer.watermark() => {
-                    // Late: hand over the whole document, not just key and time.
-                    let (a, st) = &mut self.patterns[i];
-                    st.late += 1;
-                    out.late.push(LateEvent {
-                        pattern: a.name.clone(),
-                        event_time: ev.time,
-                        watermark: st.buffer.watermark(),
-                        event: doc.as_ref().clone(),
-                    });
-                }
-                Ok(ev) => self.push_event(i, ev, out),
-                Err(e) => {
-                    out.rejected.push(Rejected {
-                        pattern: a.name.clone(),
-                        reason: e.0,
-                    });
-                    self.patterns[i].1.rejected += 1;
-                }
+            let decoded = decode(a, doc, hash, raw);
+            self.accept(i, decoded, &mut || doc.as_ref().clone(), out);
+        }
+    }
+
+    /// Feeds one JSON object given as text, reading only the fields the
+    /// patterns use (see [`crate::extract`]). Text that is not one JSON
+    /// object is an error and changes nothing.
+    pub fn push_json(
+        &mut self,
+        stream: Option<&str>,
+        json: &[u8],
+        hash: u64,
+        out: &mut Output,
+    ) -> Result<(), DecodeError> {
+        let mut caps = std::mem::take(&mut self.scratch);
+        if let Err(e) = self.extractor.extract(json, &mut caps) {
+            self.scratch = caps;
+            return Err(DecodeError(e));
+        }
+        // The whole document is built only when something needs it.
+        let mut doc: Option<Arc<serde_json::Value>> = None;
+        let parse = |doc: &mut Option<Arc<serde_json::Value>>| {
+            doc.get_or_insert_with(|| {
+                Arc::new(serde_json::from_slice(json).unwrap_or(serde_json::Value::Null))
+            })
+            .clone()
+        };
+        for i in 0..self.patterns.len() {
+            let a = &self.patterns[i].0;
+            if stream.is_some_and(|s| s != a.stream) {
+                continue;
+            }
+            let raw = self.config.include_events.then(|| parse(&mut doc));
+            let at = &self.fields[i];
+            let decoded = decode_with(
+                a,
+                |f| match f {
+                    FieldRef::Key(n) => caps[at.key[n]].as_ref(),
+                    FieldRef::Time => caps[at.time].as_ref(),
+                    FieldRef::Slot(n) => caps[at.slots[n]].as_ref(),
+                },
+                hash,
+                raw,
+            );
+            self.accept(i, decoded, &mut || parse(&mut doc).as_ref().clone(), out);
+        }
+        self.scratch = caps;
+        Ok(())
+    }
+
+    /// Routes a decoded event: late, to the pattern, or rejected.
+    fn accept(
+        &mut self,
+        i: usize,
+        decoded: Result<Event, DecodeError>,
+        doc: &mut dyn FnMut() -> serde_json::Value,
+        out: &mut Output,
+    ) {
+        match decoded {
+            Ok(ev) if ev.time < self.patterns[i].1.buffer.watermark() => {
+                // Late: hand over the whole document, not just key and time.
+                let (a, st) = &mut self.patterns[i];
+                st.late += 1;
+                out.late.push(LateEvent {
+                    pattern: a.name.clone(),
+                    event_time: ev.time,
+                    watermark: st.buffer.watermark(),
+                    event: doc(),
+                });
+            }
+            Ok(ev) => self.push_event(i, ev, out),
+            Err(e) => {
+                let (a, st) = &mut self.patterns[i];
+                st.rejected += 1;
+                out.rejected.push(Rejected {
+                    pattern: a.name.clone(),
+                    reason: e.0,
+                });
             }
         }
     }
@@ -295,10 +382,40 @@ impl Engine {
     }
 }
 
+/// A field a pattern reads, as [`decode_with`] asks for it.
+#[derive(Clone, Copy, Debug)]
+pub enum FieldRef {
+    /// The `n`th key path.
+    Key(usize),
+    Time,
+    /// Slot `n` of the pattern's field table.
+    Slot(usize),
+}
+
 /// Decodes a document for one pattern: key, event time and slots.
 pub fn decode(
     a: &Automaton,
     doc: &serde_json::Value,
+    hash: u64,
+    raw: Option<Arc<serde_json::Value>>,
+) -> Result<Event, DecodeError> {
+    decode_with(
+        a,
+        |f| match f {
+            FieldRef::Key(n) => lookup(doc, &a.key_paths[n]),
+            FieldRef::Time => lookup(doc, &a.time.field.segments),
+            FieldRef::Slot(n) => lookup(doc, &a.fields.paths[n]),
+        },
+        hash,
+        raw,
+    )
+}
+
+/// Decodes an event from wherever `get` finds the pattern's fields (a parsed
+/// document, or values an [`Extractor`] captured from JSON text).
+pub fn decode_with<'v>(
+    a: &Automaton,
+    get: impl Fn(FieldRef) -> Option<&'v serde_json::Value>,
     hash: u64,
     raw: Option<Arc<serde_json::Value>>,
 ) -> Result<Event, DecodeError> {
@@ -307,7 +424,7 @@ pub fn decode(
     } else {
         let mut text = String::new();
         for (n, p) in a.key_paths.iter().enumerate() {
-            let v = lookup(doc, p)
+            let v = get(FieldRef::Key(n))
                 .map(Value::from_json)
                 .filter(|v| !v.is_absent())
                 .ok_or_else(|| DecodeError(format!("missing key field `{}`", p.join("."))))?;
@@ -318,14 +435,11 @@ pub fn decode(
         }
         Key::new(&text)
     };
-    let tv = lookup(doc, &a.time.field.segments)
+    let tv = get(FieldRef::Time)
         .ok_or_else(|| DecodeError(format!("missing time field `{}`", a.time.field.dotted())))?;
     let time = parse_time(tv, &a.time.format).map_err(DecodeError)?;
-    let slots = a
-        .fields
-        .paths
-        .iter()
-        .map(|p| lookup(doc, p).map_or(Value::Missing, Value::from_json))
+    let slots = (0..a.fields.paths.len())
+        .map(|n| get(FieldRef::Slot(n)).map_or(Value::Missing, Value::from_json))
         .collect();
     Ok(Event {
         time,
