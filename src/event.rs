@@ -10,8 +10,6 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
@@ -136,8 +134,72 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-/// Decoded field values of one event; a few live inline.
-pub type Slots = SmallVec<[Value; 4]>;
+/// Decoded field values of one event, in [`FieldTable`] order. Up to
+/// two live inline (most patterns read few fields), so the many events
+/// that match nothing allocate and free nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Slots {
+    Inline(u8, [Value; INLINE_SLOTS]),
+    Heap(Box<[Value]>),
+}
+
+const INLINE_SLOTS: usize = 2;
+
+impl Slots {
+    pub fn as_slice(&self) -> &[Value] {
+        match self {
+            Slots::Inline(n, vals) => &vals[..*n as usize],
+            Slots::Heap(vals) => vals,
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&Value> {
+        self.as_slice().get(i)
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Value;
+    #[inline]
+    fn index(&self, i: usize) -> &Value {
+        &self.as_slice()[i]
+    }
+}
+
+impl FromIterator<Value> for Slots {
+    fn from_iter<I: IntoIterator<Item = Value>>(iter: I) -> Slots {
+        let mut iter = iter.into_iter();
+        let mut vals: [Value; INLINE_SLOTS] = Default::default();
+        for (n, slot) in vals.iter_mut().enumerate() {
+            match iter.next() {
+                Some(v) => *slot = v,
+                None => return Slots::Inline(n as u8, vals),
+            }
+        }
+        match iter.next() {
+            None => Slots::Inline(INLINE_SLOTS as u8, vals),
+            Some(v) => {
+                let mut all: Vec<Value> = vals.into_iter().collect();
+                all.push(v);
+                all.extend(iter);
+                Slots::Heap(all.into_boxed_slice())
+            }
+        }
+    }
+}
+
+impl Serialize for Slots {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Slots {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Slots, D::Error> {
+        Ok(Vec::<Value>::deserialize(d)?.into_iter().collect())
+    }
+}
 
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -271,4 +333,21 @@ mod tests {
         assert_eq!(format!("{:016x}", stable_hash(b"{\"ts\":1}", 0)), PINNED);
     }
     const PINNED: &str = "c75471dc9efec46e";
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn slots_inline_and_spilled_read_alike() {
+        for n in 0..6 {
+            let vals: Vec<Value> = (0..n).map(Value::Int).collect();
+            let slots: Slots = vals.iter().cloned().collect();
+            assert_eq!(slots.as_slice(), &vals[..]);
+            assert_eq!(matches!(slots, Slots::Inline(..)), n as usize <= INLINE_SLOTS);
+            let json = serde_json::to_string(&slots).unwrap();
+            assert_eq!(serde_json::from_str::<Slots>(&json).unwrap(), slots);
+        }
+    }
 }
