@@ -345,7 +345,10 @@ mod slot_tests {
             let vals: Vec<Value> = (0..n).map(Value::Int).collect();
             let slots: Slots = vals.iter().cloned().collect();
             assert_eq!(slots.as_slice(), &vals[..]);
-            assert_eq!(matches!(slots, Slots::Inline(..)), n as usize <= INLINE_SLOTS);
+            assert_eq!(
+                matches!(slots, Slots::Inline(..)),
+                n as usize <= INLINE_SLOTS
+            );
             let json = serde_json::to_string(&slots).unwrap();
             assert_eq!(serde_json::from_str::<Slots>(&json).unwrap(), slots);
         }
