@@ -205,9 +205,7 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         conditions[v as usize] = Some(r.compile(&d.condition, &cx).optimize());
     }
     for (i, v) in vars.iter().enumerate() {
-        let is_negated =
-            bound_before.len() > i && matches!(var_kind(&p.sequence, &v.name), Some(true));
-        if is_negated && !defined[i] {
+        if var_kind(&p.sequence, &v.name) == Some(true) && !defined[i] {
             errors.push(
                 Diagnostic::new(
                     var_spans[i],
