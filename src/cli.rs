@@ -1,4 +1,5 @@
-//! The `cep` command line: `check`, `replay`, `test`, `explain`.
+//! The `cep` command line: `check`, `replay`, `test`, `explain`, `serve`,
+//! `produce`.
 //!
 //! A thin layer: each subcommand reads files, drives the pure core and
 //! prints. Exit status is non-zero on any error or test failure.
@@ -84,6 +85,32 @@ pub enum Command {
         #[arg(default_value = "patterns")]
         path: PathBuf,
     },
+    /// Run the service: consume Kafka topics, match in event time, send alerts to sinks.
+    Serve {
+        /// Settings file: `[kafka]` inputs, `[sinks]`, `[serve]` (see `config.toml`).
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// A pattern file or directory [default: `serve.patterns`].
+        #[arg(long)]
+        patterns: Option<PathBuf>,
+    },
+    /// Load events from a file (JSON lines or CSV) into a Kafka topic.
+    Produce {
+        /// Bootstrap servers [default: `CEP_KAFKA_BROKERS`, else 127.0.0.1:9092].
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long)]
+        topic: String,
+        /// JSON lines or CSV (header row = field names), optionally zipped; `-` for stdin.
+        #[arg(long)]
+        input: String,
+        /// Field (dotted path) whose value becomes the message key.
+        #[arg(long)]
+        key_field: Option<String>,
+        /// Create the topic with this many partitions if it does not exist.
+        #[arg(long)]
+        partitions: Option<i32>,
+    },
     /// Print the compiled automaton as Graphviz DOT.
     Explain {
         file: PathBuf,
@@ -97,6 +124,31 @@ pub enum Command {
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Check { paths } => check(&paths),
+        Command::Serve { config, patterns } => serve(&config, patterns),
+        Command::Produce {
+            brokers,
+            topic,
+            input,
+            key_field,
+            partitions,
+        } => {
+            let args = crate::service::produce::ProduceArgs {
+                brokers: brokers
+                    .or_else(|| std::env::var("CEP_KAFKA_BROKERS").ok())
+                    .unwrap_or_else(|| "127.0.0.1:9092".into()),
+                topic,
+                input,
+                key_field,
+                partitions,
+                null_values: vec!["NA".into()],
+            };
+            runtime()
+                .and_then(|rt| rt.block_on(crate::service::produce::produce(&args)))
+                .map(|n| {
+                    eprintln!("produced {n} records to {}", args.topic);
+                    0
+                })
+        }
         Command::Replay {
             config,
             patterns,
@@ -193,6 +245,29 @@ pub fn load_patterns(path: &Path) -> Result<Vec<Automaton>, String> {
     } else {
         Err(format!("patterns do not compile:\n{errors}"))
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+fn serve(config: &Path, patterns: Option<PathBuf>) -> Result<i32, String> {
+    let config = Config::load(config)?;
+    crate::service::init_logging(config.serve.log_format);
+    let path = patterns.unwrap_or_else(|| config.serve.patterns.clone());
+    let automata = load_patterns(&path)?;
+    tracing::info!(patterns = automata.len(), path = %path.display(), "patterns loaded");
+    let rt = runtime()?;
+    rt.block_on(crate::service::serve(
+        config,
+        automata,
+        crate::service::shutdown_signal(),
+    ))?;
+    tracing::info!("stopped cleanly");
+    Ok(0)
 }
 
 fn check(paths: &[PathBuf]) -> Result<i32, String> {

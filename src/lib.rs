@@ -13,7 +13,7 @@
 //! - [`compiler`]: semantic checks; syntax tree → immutable [`compiler::Automaton`].
 //! - [`event`], [`value`]: decoded events and the values conditions use.
 //! - [`extract`]: reading just the needed fields from JSON text.
-//! - [`time`]: watermarks and the reorder buffer.
+//! - [`time`]: watermarks, per-partition clocks and the reorder buffer.
 //! - [`engine`]: per-key runs, windows, skip strategies, alerts, snapshots.
 //!
 //! Around it:
@@ -22,7 +22,13 @@
 //! - [`testfile`]: pattern test files (events in → expected alerts out).
 //! - [`gen`]: a seeded card-transaction generator for tests and benchmarks.
 //! - [`config`]: `config.toml`, documented field by field.
-//! - [`cli`]: the `cep` command (`check`, `replay`, `test`, `explain`).
+//! - [`cli`]: the `cep` command (`check`, `replay`, `test`, `explain`,
+//!   `serve`, `produce`).
+//!
+//! The service shell (tokio, rdkafka, axum; never used by the core):
+//!
+//! - [`service`]: `cep serve` — Kafka source, event-time pipeline, sinks,
+//!   checkpoints, metrics and health endpoints.
 
 pub mod cli;
 pub mod compiler;
@@ -33,6 +39,7 @@ pub mod event;
 pub mod extract;
 pub mod gen;
 pub mod input;
+pub mod service;
 pub mod testfile;
 pub mod time;
 pub mod value;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::compiler::{compile_source, Automaton};
-use crate::engine::{Alert, AlertKind, Engine, EngineConfig, Output, Snapshot};
+use crate::engine::{Alert, AlertKind, Engine, EngineConfig, Output, Record, Snapshot};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +217,13 @@ fn run_case(
     if canonical(&relevant(restored)) != want {
         failures.push("snapshot/restore after every event changed the alerts".into());
     }
+    let (driven, driven_late) = run_driven(&automata, &events, lateness);
+    if canonical(&relevant(driven)) != want || driven_late != late {
+        failures.push(
+            "driven as the service drives it (external watermark, JSON text) changed the alerts"
+                .into(),
+        );
+    }
     if late == 0 && lateness == 0 {
         let buffered = EngineConfig {
             lateness_ms: 86_400_000,
@@ -273,6 +280,48 @@ fn run_engine(
             engine = Engine::new(automata.to_vec(), config);
             let fresh = engine.restore(snap);
             assert!(fresh.is_empty(), "same patterns restore");
+        }
+    }
+    engine.flush(&mut out);
+    (out.alerts, out.late.len() as u64)
+}
+
+/// Runs events as `cep serve` does for one partition: JSON text through
+/// [`Engine::push_record`], lateness judged against the partition's own
+/// watermark, and the engine's watermark driven from outside, one
+/// millisecond behind it.
+fn run_driven(
+    automata: &[Automaton],
+    events: &[serde_json::Value],
+    lateness: i64,
+) -> (Vec<Alert>, u64) {
+    let config = EngineConfig {
+        external_watermark: true,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(automata.to_vec(), config);
+    let mut streams: Vec<&str> = automata.iter().map(|a| a.stream.as_str()).collect();
+    streams.sort();
+    streams.dedup();
+    let mut out = Output::default();
+    let mut newest = i64::MIN;
+    for (n, doc) in events.iter().enumerate() {
+        let json = serde_json::to_vec(doc).expect("a document serialises");
+        let rec = Record {
+            json: &json,
+            hash: n as u64 + 1,
+            order: Some(n as u64),
+            late_before: newest.saturating_sub(lateness),
+            ..Record::default()
+        };
+        for s in &streams {
+            if let Ok(Some(t)) = engine.push_record(s, &rec, &mut out) {
+                newest = newest.max(t);
+            }
+        }
+        for s in &streams {
+            let wm = newest.saturating_sub(lateness).saturating_sub(1);
+            engine.advance_watermark(s, wm, &mut out);
         }
     }
     engine.flush(&mut out);

@@ -126,6 +126,7 @@ fn config(lateness_ms: i64) -> EngineConfig {
         lateness_ms,
         max_runs_per_key: 10_000,
         include_events: true,
+        external_watermark: false,
     }
 }
 

@@ -206,6 +206,7 @@ fn engine(pattern: &str, events: &[Value], order: &[usize], lateness_ms: i64) ->
             lateness_ms,
             max_runs_per_key: 1 << 30,
             include_events: false,
+            external_watermark: false,
         },
     );
     let mut out = Output::default();

@@ -41,6 +41,9 @@ pub struct EngineConfig {
     pub max_runs_per_key: usize,
     /// Carry the matched events, by variable, in each alert.
     pub include_events: bool,
+    /// The caller drives the watermark ([`Engine::advance_watermark`]) and
+    /// `lateness_ms` is unused: the service merges per-partition watermarks.
+    pub external_watermark: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +52,7 @@ impl Default for EngineConfig {
             lateness_ms: 0,
             max_runs_per_key: 10_000,
             include_events: false,
+            external_watermark: false,
         }
     }
 }
@@ -88,6 +92,40 @@ pub struct Output {
     pub rejected: Vec<Rejected>,
 }
 
+/// One input record as a caller that knows where it came from hands it over
+/// ([`Engine::push_record`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// One JSON object.
+    pub json: &'a [u8],
+    /// Identity of the record ([`crate::event::stable_hash`] of its bytes).
+    pub hash: u64,
+    /// The key to use instead of each pattern's key fields (a Kafka message
+    /// key).
+    pub key: Option<&'a str>,
+    /// The event time to use instead of each pattern's time field (a Kafka
+    /// record timestamp), epoch milliseconds.
+    pub time: Option<i64>,
+    /// Tie-break among events of equal time (else arrival order).
+    pub order: Option<u64>,
+    /// Events older than this are late even if the engine's watermark has
+    /// not reached it (the watermark of the record's own partition).
+    pub late_before: i64,
+}
+
+impl Default for Record<'_> {
+    fn default() -> Self {
+        Record {
+            json: b"",
+            hash: 0,
+            key: None,
+            time: None,
+            order: None,
+            late_before: i64::MIN,
+        }
+    }
+}
+
 /// Counters of one pattern, for summaries and metrics.
 #[derive(Clone, Debug, Serialize)]
 pub struct PatternStats {
@@ -97,6 +135,8 @@ pub struct PatternStats {
     pub matched: MatchStats,
     pub late: u64,
     pub rejected: u64,
+    /// Alerts of a shadow pattern (counted, never emitted).
+    pub shadow_alerts: u64,
     pub buffered: usize,
     pub active_keys: usize,
     pub active_runs: usize,
@@ -131,8 +171,13 @@ impl Engine {
         let patterns = automata
             .into_iter()
             .map(|a| {
+                let buffer = if config.external_watermark {
+                    ReorderBuffer::external()
+                } else {
+                    ReorderBuffer::new(config.lateness_ms)
+                };
                 let state = PatternState {
-                    buffer: ReorderBuffer::new(config.lateness_ms),
+                    buffer,
                     matcher: Matcher::default(),
                     late: 0,
                     rejected: 0,
@@ -186,7 +231,13 @@ impl Engine {
             }
             let raw = self.config.include_events.then(|| doc.clone());
             let decoded = decode(a, doc, hash, raw);
-            self.accept(i, decoded, &mut || doc.as_ref().clone(), out);
+            self.accept(
+                i,
+                decoded,
+                &Record::default(),
+                &mut || doc.as_ref().clone(),
+                out,
+            );
         }
     }
 
@@ -200,6 +251,34 @@ impl Engine {
         hash: u64,
         out: &mut Output,
     ) -> Result<(), DecodeError> {
+        let rec = Record {
+            json,
+            hash,
+            ..Record::default()
+        };
+        self.push_text(stream, &rec, out).map(|_| ())
+    }
+
+    /// Feeds one input record of `stream` (see [`Record`]) and returns the
+    /// largest event time any pattern decoded from it, for the caller's
+    /// watermark. Text that is not one JSON object is an error and changes
+    /// nothing.
+    pub fn push_record(
+        &mut self,
+        stream: &str,
+        rec: &Record,
+        out: &mut Output,
+    ) -> Result<Option<i64>, DecodeError> {
+        self.push_text(Some(stream), rec, out)
+    }
+
+    fn push_text(
+        &mut self,
+        stream: Option<&str>,
+        rec: &Record,
+        out: &mut Output,
+    ) -> Result<Option<i64>, DecodeError> {
+        let json = rec.json;
         let mut caps = std::mem::take(&mut self.scratch);
         if let Err(e) = self.extractor.extract(json, &mut caps) {
             self.scratch = caps;
@@ -213,6 +292,7 @@ impl Engine {
             })
             .clone()
         };
+        let mut newest = None;
         for i in 0..self.patterns.len() {
             let a = &self.patterns[i].0;
             if stream.is_some_and(|s| s != a.stream) {
@@ -220,20 +300,53 @@ impl Engine {
             }
             let raw = self.config.include_events.then(|| parse(&mut doc));
             let at = &self.fields[i];
-            let decoded = decode_with(
+            let decoded = decode_parts(
                 a,
                 |f| match f {
                     FieldRef::Key(n) => caps[at.key[n]].as_ref(),
                     FieldRef::Time => caps[at.time].as_ref(),
                     FieldRef::Slot(n) => caps[at.slots[n]].as_ref(),
                 },
-                hash,
+                rec,
                 raw,
             );
-            self.accept(i, decoded, &mut || parse(&mut doc).as_ref().clone(), out);
+            if let Ok(ev) = &decoded {
+                newest = newest.max(Some(ev.time));
+            }
+            self.accept(
+                i,
+                decoded,
+                rec,
+                &mut || parse(&mut doc).as_ref().clone(),
+                out,
+            );
         }
         self.scratch = caps;
-        Ok(())
+        Ok(newest)
+    }
+
+    /// Raises the watermark of every pattern reading `stream` (engines built
+    /// with [`EngineConfig::external_watermark`]): releases the buffered
+    /// events it passes, in event-time order, and fires the deadlines it
+    /// passes.
+    pub fn advance_watermark(&mut self, stream: &str, watermark: i64, out: &mut Output) {
+        let lim = self.limits();
+        for (a, st) in &mut self.patterns {
+            if a.stream != stream {
+                continue;
+            }
+            let mark = out.alerts.len();
+            st.buffer.advance_to(watermark);
+            while let Some(ev) = st.buffer.pop_ready() {
+                st.matcher.on_event(a, *ev, lim, &mut out.alerts);
+            }
+            st.matcher
+                .advance(a, st.buffer.watermark(), lim, &mut out.alerts);
+            if a.shadow {
+                st.shadow_alerts += (out.alerts.len() - mark) as u64;
+                out.alerts.truncate(mark);
+            }
+        }
     }
 
     /// Routes a decoded event: late, to the pattern, or rejected.
@@ -241,11 +354,12 @@ impl Engine {
         &mut self,
         i: usize,
         decoded: Result<Event, DecodeError>,
+        rec: &Record,
         doc: &mut dyn FnMut() -> serde_json::Value,
         out: &mut Output,
     ) {
         match decoded {
-            Ok(ev) if ev.time < self.patterns[i].1.buffer.watermark() => {
+            Ok(ev) if ev.time < self.patterns[i].1.buffer.watermark().max(rec.late_before) => {
                 // Late: hand over the whole document, not just key and time.
                 let (a, st) = &mut self.patterns[i];
                 st.late += 1;
@@ -256,7 +370,7 @@ impl Engine {
                     event: doc(),
                 });
             }
-            Ok(ev) => self.push_event(i, ev, out),
+            Ok(ev) => self.push_ordered(i, ev, rec.order, out),
             Err(e) => {
                 let (a, st) = &mut self.patterns[i];
                 st.rejected += 1;
@@ -271,6 +385,11 @@ impl Engine {
     /// Feeds an event already decoded for pattern number `index`.
     #[inline]
     pub fn push_event(&mut self, index: usize, ev: Event, out: &mut Output) {
+        self.push_ordered(index, ev, None, out)
+    }
+
+    #[inline]
+    fn push_ordered(&mut self, index: usize, ev: Event, order: Option<u64>, out: &mut Output) {
         let lim = self.limits();
         let (a, st) = &mut self.patterns[index];
         let mark = out.alerts.len();
@@ -288,7 +407,10 @@ impl Engine {
                 return;
             }
             Admit::Now => st.matcher.on_event(a, ev, lim, &mut out.alerts),
-            Admit::Buffer => st.buffer.insert(ev.time, Box::new(ev)),
+            Admit::Buffer => match order {
+                Some(o) => st.buffer.insert_ordered(ev.time, o, Box::new(ev)),
+                None => st.buffer.insert(ev.time, Box::new(ev)),
+            },
         }
         while let Some(ev) = st.buffer.pop_ready() {
             st.matcher.on_event(a, *ev, lim, &mut out.alerts);
@@ -345,6 +467,7 @@ impl Engine {
                 matched: st.matcher.stats.clone(),
                 late: st.late,
                 rejected: st.rejected,
+                shadow_alerts: st.shadow_alerts,
                 buffered: st.buffer.len(),
                 active_keys: st.matcher.active_keys(),
                 active_runs: st.matcher.active_runs(),
@@ -419,7 +542,24 @@ pub fn decode_with<'v>(
     hash: u64,
     raw: Option<Arc<serde_json::Value>>,
 ) -> Result<Event, DecodeError> {
-    let key = if a.key_paths.is_empty() {
+    let rec = Record {
+        hash,
+        ..Record::default()
+    };
+    decode_parts(a, get, &rec, raw)
+}
+
+/// [`decode_with`], taking key and time from `rec` where it carries them.
+fn decode_parts<'v>(
+    a: &Automaton,
+    get: impl Fn(FieldRef) -> Option<&'v serde_json::Value>,
+    rec: &Record,
+    raw: Option<Arc<serde_json::Value>>,
+) -> Result<Event, DecodeError> {
+    let hash = rec.hash;
+    let key = if let Some(k) = rec.key {
+        Key::new(k)
+    } else if a.key_paths.is_empty() {
         Key::new("")
     } else {
         let mut text = String::new();
@@ -435,9 +575,15 @@ pub fn decode_with<'v>(
         }
         Key::new(&text)
     };
-    let tv = get(FieldRef::Time)
-        .ok_or_else(|| DecodeError(format!("missing time field `{}`", a.time.field.dotted())))?;
-    let time = parse_time(tv, &a.time.format).map_err(DecodeError)?;
+    let time = match rec.time {
+        Some(t) => t,
+        None => {
+            let tv = get(FieldRef::Time).ok_or_else(|| {
+                DecodeError(format!("missing time field `{}`", a.time.field.dotted()))
+            })?;
+            parse_time(tv, &a.time.format).map_err(DecodeError)?
+        }
+    };
     let slots = (0..a.fields.paths.len())
         .map(|n| get(FieldRef::Slot(n)).map_or(Value::Missing, Value::from_json))
         .collect();

@@ -11,6 +11,8 @@
 //! [`crate::engine`]), never by the wall clock, so a replay of a day of data
 //! behaves exactly like the live day did.
 
+pub mod partitions;
+
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -66,6 +68,11 @@ pub struct ReorderBuffer<T> {
     max_seen: i64,
     lateness: i64,
     flushed: bool,
+    /// Set when the caller owns the watermark (the service merges
+    /// per-partition watermarks, see [`crate::time::partitions`]): the
+    /// buffer then never derives one from the times it sees.
+    #[serde(default)]
+    external: Option<Watermark>,
 }
 
 impl<T> ReorderBuffer<T> {
@@ -78,12 +85,32 @@ impl<T> ReorderBuffer<T> {
             max_seen: i64::MIN,
             lateness: lateness.max(0),
             flushed: false,
+            external: None,
+        }
+    }
+
+    /// A buffer whose watermark only moves by [`ReorderBuffer::advance_to`].
+    pub fn external() -> Self {
+        ReorderBuffer {
+            external: Some(NO_WATERMARK),
+            ..ReorderBuffer::new(0)
+        }
+    }
+
+    /// Raises an external watermark (it never goes back). No effect on a
+    /// buffer that derives its own.
+    pub fn advance_to(&mut self, watermark: Watermark) {
+        if let Some(w) = &mut self.external {
+            *w = (*w).max(watermark);
         }
     }
 
     pub fn watermark(&self) -> Watermark {
         if self.flushed {
             return i64::MAX;
+        }
+        if let Some(w) = self.external {
+            return w;
         }
         if self.max_seen == i64::MIN {
             return NO_WATERMARK;
@@ -124,6 +151,17 @@ impl<T> ReorderBuffer<T> {
         let seq = self.seq;
         self.seq += 1;
         self.heap.push(Pending { time, seq, item });
+    }
+
+    /// Buffers an item with a caller-chosen tie-break among equal times (the
+    /// service passes the record's position in its partition, so that ties
+    /// leave in the same order however partitions interleave on re-reading).
+    pub fn insert_ordered(&mut self, time: i64, order: u64, item: T) {
+        self.heap.push(Pending {
+            time,
+            seq: order,
+            item,
+        });
     }
 
     /// The earliest item the watermark has passed, if any.
@@ -173,6 +211,23 @@ mod tests {
         assert_eq!(b.admit(3), Admit::Late);
         b.flush();
         assert_eq!(drain(&mut b), ["a", "c", "e"]);
+    }
+
+    #[test]
+    fn an_external_watermark_moves_only_when_told() {
+        let mut b = ReorderBuffer::external();
+        assert_eq!(b.admit(100), Admit::Buffer, "no watermark yet");
+        b.insert_ordered(100, 7, "late-tie");
+        assert_eq!(b.admit(100), Admit::Buffer);
+        b.insert_ordered(100, 3, "early-tie");
+        assert_eq!(b.admit(500), Admit::Buffer, "times seen do not move it");
+        b.insert_ordered(500, 1, "later");
+        assert_eq!(b.watermark(), NO_WATERMARK);
+        b.advance_to(100);
+        b.advance_to(50);
+        assert_eq!(b.watermark(), 100, "never goes back");
+        assert_eq!(drain(&mut b), ["early-tie", "late-tie"], "ties by order");
+        assert_eq!(b.admit(99), Admit::Late);
     }
 
     #[test]

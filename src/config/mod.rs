@@ -5,9 +5,19 @@
 //! not a silently ignored setting. Durations are written like in patterns
 //! (`"90s"`, `"6h"`). Command-line flags override the file.
 
+mod duration;
+pub mod service;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use duration::Duration;
+pub use service::{
+    DeadLetterConfig, InputConfig, KafkaSection, KeySource, LatePolicy, LogFormat, ServeSection,
+    SinkConfig, TimeSource,
+};
 
 use crate::engine::EngineConfig;
 use crate::testfile::parse_duration;
@@ -22,6 +32,14 @@ pub struct Config {
     /// Defaults for `cep replay`.
     #[serde(default)]
     pub replay: ReplaySection,
+    /// How `cep serve` runs.
+    #[serde(default)]
+    pub serve: ServeSection,
+    /// The Kafka cluster `cep serve` reads from (required by `serve`).
+    pub kafka: Option<KafkaSection>,
+    /// Named alert destinations, e.g. `[sinks.ops]`. `stdout` is built in.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,9 +96,30 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let config: Config =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::check(config).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses and validates config text (see [`Config::load`]).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        Config::check(toml::from_str(text).map_err(|e| e.to_string())?)
+    }
+
+    fn check(mut config: Config) -> Result<Config, String> {
         config
             .engine_config()
-            .map_err(|e| format!("{}: engine.lateness: {e}", path.display()))?;
+            .map_err(|e| format!("engine.lateness: {e}"))?;
+        service::validate(&config.serve, config.kafka.as_ref(), &config.sinks)?;
+        if let Some(k) = &mut config.kafka {
+            if let Ok(b) = std::env::var("CEP_KAFKA_BROKERS") {
+                k.brokers = b;
+            }
+            for (name, value) in std::env::vars() {
+                if let Some(opt) = name.strip_prefix("CEP_KAFKA_OPTION_") {
+                    k.options
+                        .insert(opt.to_ascii_lowercase().replace('_', "."), value);
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -89,6 +128,7 @@ impl Config {
             lateness_ms: parse_duration(&self.engine.lateness)?,
             max_runs_per_key: self.engine.max_runs_per_key,
             include_events: self.engine.include_events,
+            external_watermark: false,
         })
     }
 }

@@ -1,0 +1,147 @@
+//! Checkpoints: the engine's state together with the offsets it belongs to.
+//!
+//! Why snapshots and not only committed offsets: a partial match may hold
+//! events from hours ago (a 24 h window), and the reorder buffer holds
+//! events the watermark has not passed. Committing offsets alone would
+//! either pass those events (a restart loses the partial match) or hold the
+//! commit back for the whole window (a restart re-reads hours, and events
+//! the original run had already used up would change what the re-read
+//! matches). A snapshot taken between two records, with the next offset of
+//! every partition, restores exactly the state those offsets imply; the
+//! records after them are re-read, and the alerts they produce again carry
+//! the same ids.
+//!
+//! The order of events is what makes it safe: a checkpoint is written, and
+//! its offsets committed to Kafka, only once every output produced before it
+//! is acknowledged (see [`crate::service::ledger`]). The file is written to
+//! a temporary name, synced and renamed, so a crash leaves either the old
+//! checkpoint or the new one.
+//!
+//! A checkpoint belongs to one set of partitions. When the group hands this
+//! process a different set (another instance joined or left), the state is
+//! not split: the process starts afresh from the committed offsets. Running
+//! one `cep serve` per consumer group keeps every partial match across
+//! restarts; see the README.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Snapshot;
+use crate::time::partitions::PartitionClocks;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version of this file.
+    pub format: u32,
+    pub group: String,
+    /// The assigned partitions (`topic/partition`) the state belongs to.
+    pub partitions: BTreeSet<String>,
+    /// `topic/partition` → the next offset to read, for each partition read
+    /// from (the others start at their committed offset).
+    pub offsets: BTreeMap<String, i64>,
+    /// Per stream: each partition's newest event time.
+    pub clocks: BTreeMap<String, PartitionClocks>,
+    pub engine: Snapshot,
+}
+
+pub const FORMAT: u32 = 1;
+
+pub fn partition_name(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// The checkpoint file of one consumer group.
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path, group: &str) -> Store {
+        let safe: String = group
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Store {
+            path: state_dir.join(format!("checkpoint-{safe}.json")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last checkpoint written, if any. A file that cannot be read is an
+    /// error: starting afresh would silently lose partial matches.
+    pub fn load(&self) -> Result<Option<Checkpoint>, String> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", self.path.display())),
+        };
+        let c: Checkpoint = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{}: not a checkpoint: {e}", self.path.display()))?;
+        if c.format != FORMAT {
+            return Err(format!(
+                "{}: checkpoint format {} (this build reads {FORMAT})",
+                self.path.display(),
+                c.format
+            ));
+        }
+        Ok(Some(c))
+    }
+
+    /// Writes atomically: temporary file, fsync, rename, fsync directory.
+    pub fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_checkpoint_loads_back() {
+        let dir = std::env::temp_dir().join(format!("cep-ckpt-{}", std::process::id()));
+        let store = Store::new(&dir, "my group");
+        assert!(store.load().unwrap().is_none());
+        let engine = crate::engine::Engine::new(vec![], Default::default()).snapshot();
+        let c = Checkpoint {
+            format: FORMAT,
+            group: "my group".into(),
+            partitions: [partition_name("t", 0)].into(),
+            offsets: [(partition_name("t", 0), 42)].into(),
+            clocks: BTreeMap::new(),
+            engine,
+        };
+        store.save(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert!(store.path().ends_with("checkpoint-my_group.json"));
+        let back = store.load().unwrap().unwrap();
+        assert_eq!(back.offsets["t/0"], 42);
+        std::fs::write(store.path(), b"{").unwrap();
+        assert!(store.load().unwrap_err().contains("not a checkpoint"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,199 @@
+//! The service shell: `cep serve`.
+//!
+//! Everything with I/O lives here, around the pure core: the Kafka
+//! [`source`] (a consumer group over the configured input topics), the
+//! [`pipeline`] that drives the engine in event time, the [`sink`]s alerts
+//! go to (Kafka topics, webhooks, stdout, files), [`checkpoint`]s that tie
+//! engine state to input offsets, the [`ledger`] that keeps offsets from
+//! moving past an output not yet acknowledged, and the [`http`] endpoints
+//! (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Delivery is at-least-once with stable ids: an alert may be delivered
+//! again after a crash, never lost, and a repeat carries the same
+//! `alert_id` (and `Idempotency-Key` for webhooks).
+//!
+//! Shutdown is a future passed in (`serve` resolves it from SIGINT /
+//! SIGTERM); tests pass their own.
+
+pub mod checkpoint;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod pipeline;
+pub mod produce;
+pub mod sink;
+pub mod source;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::compiler::Automaton;
+use crate::config::{Config, LogFormat, SinkConfig};
+use ledger::Ledger;
+use metrics::Metrics;
+use pipeline::{Health, Parts, Pipeline};
+use sink::{Sink, SinkEnv};
+
+/// Sets up logging (once per process): `RUST_LOG` filters, default `info`.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Every topic the service writes to.
+fn output_topics(config: &Config) -> std::collections::BTreeSet<String> {
+    let mut topics = std::collections::BTreeSet::new();
+    if let Some(k) = &config.kafka {
+        topics.insert(k.dead_letter_topic.clone());
+        if k.late_events == crate::config::LatePolicy::Topic {
+            topics.insert(k.late_topic.clone());
+        }
+    }
+    for s in config.sinks.values() {
+        let dead = match s {
+            SinkConfig::Kafka(k) => {
+                topics.insert(k.topic.clone());
+                &k.dead_letter
+            }
+            SinkConfig::Webhook(w) => &w.dead_letter,
+            _ => &None,
+        };
+        if let Some(t) = dead.as_ref().and_then(|d| d.topic.clone()) {
+            topics.insert(t);
+        }
+    }
+    topics
+}
+
+/// Runs the service with `automata` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    automata: Vec<Automaton>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let kafka = config
+        .kafka
+        .clone()
+        .ok_or("config: `cep serve` needs a [kafka] section (brokers, inputs)")?;
+    let serve = config.serve.clone();
+    let mut engine = config.engine_config()?;
+    engine.external_watermark = true;
+
+    if kafka.create_topics {
+        for topic in output_topics(&config) {
+            produce::create_topic_with(
+                &kafka.brokers,
+                &kafka.options,
+                &topic,
+                kafka.output_partitions,
+            )
+            .await?;
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let ledger = Ledger::new();
+    let health = Arc::new(Health::default());
+    let producer = sink::kafka::Producer::new(&kafka.brokers, &kafka.options, metrics.clone())
+        .map_err(|e| format!("kafka producer: {e}"))?;
+    let env = SinkEnv {
+        ledger: ledger.clone(),
+        metrics: metrics.clone(),
+        producer: Some(producer.clone()),
+        state_dir: serve.state_dir.clone(),
+    };
+
+    // Sinks: the configured ones, and `stdout` unless configured otherwise.
+    let mut sinks = Vec::new();
+    let mut index = HashMap::new();
+    let mut add = |name: &str, c: &SinkConfig| -> Result<(), String> {
+        index.insert(name.to_string(), sinks.len());
+        sinks.push(Sink::start(name, c, &env)?);
+        Ok(())
+    };
+    for (name, c) in &config.sinks {
+        add(name, c)?;
+    }
+    if !config.sinks.contains_key("stdout") {
+        add("stdout", &SinkConfig::Stdout(Default::default()))?;
+    }
+    let route = |names: &[String]| names.iter().map(|n| index[n]).collect::<Vec<_>>();
+    let routes = serve
+        .routes
+        .iter()
+        .map(|(p, names)| (p.clone(), route(names)))
+        .collect();
+    let default_route = route(&serve.default_sinks);
+
+    let store = checkpoint::Store::new(&serve.state_dir, &kafka.group_id);
+    // Fail early on a checkpoint that cannot be read.
+    store.load()?;
+    let consumer = source::consumer(&kafka, store.clone(), metrics.clone())?;
+
+    let listener = tokio::net::TcpListener::bind(serve.listen)
+        .await
+        .map_err(|e| format!("serve.listen {}: {e}", serve.listen))?;
+    tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "http endpoints up");
+    let app = http::app(metrics.clone(), health.clone());
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await;
+    });
+
+    let pipeline = Pipeline::new(Parts {
+        automata,
+        engine,
+        fallback_dead_letter: serve.state_dir.join("dead-letter-fallback.jsonl"),
+        kafka,
+        sinks,
+        routes,
+        default_route,
+        producer,
+        ledger,
+        metrics,
+        health,
+        store,
+        checkpoint_interval: serve.checkpoint_interval.0,
+        shutdown_timeout: serve.shutdown_timeout.0,
+    });
+    let result = pipeline.run(consumer, shutdown).await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    result
+}

@@ -1,0 +1,162 @@
+//! Writing to Kafka: alerts, late events and dead letters.
+//!
+//! One idempotent producer (`acks=all`) per service. librdkafka already
+//! retries what is transient within `delivery.timeout.ms`; an error that
+//! still comes back is classified: a retryable one (broker down, timeout,
+//! leader moving, queue full) is tried again after a backoff, for as long as
+//! it takes — the output stays unacknowledged meanwhile, so offsets do not
+//! move past it — while a fatal one (record too large, topic invalid, not
+//! authorised) is handed back for the caller to dead-letter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::service::metrics::Metrics;
+
+/// A record to write.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    metrics: Arc<Metrics>,
+}
+
+/// Whether trying again can help.
+pub fn is_fatal(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | InvalidRecord
+                | MessageBatchTooLarge
+                | UnsupportedCompressionType
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | InvalidRequiredAcks
+                | UnsupportedVersion
+                | UnsupportedForMessageFormat
+                | InvalidConfig
+        )
+    )
+}
+
+impl Producer {
+    pub fn new(
+        brokers: &str,
+        options: &std::collections::BTreeMap<String, String>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Producer, KafkaError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("delivery.timeout.ms", "30000");
+        for (k, v) in options {
+            c.set(k, v);
+        }
+        Ok(Producer {
+            inner: c.create()?,
+            metrics,
+        })
+    }
+
+    fn enqueue(&self, msg: &Outgoing) -> Result<DeliveryFuture, KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
+        for (k, v) in &msg.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&msg.topic)
+            .payload(msg.payload.as_slice())
+            .headers(headers);
+        if let Some(k) = &msg.key {
+            rec = rec.key(k.as_slice());
+        }
+        self.inner.send_result(rec).map_err(|(e, _)| e)
+    }
+
+    /// Delivers `msg`, retrying what is retryable; `Err` only for a fatal
+    /// error. `sink` names the destination in metrics. The record is queued
+    /// in the producer before this returns, so records delivered one after
+    /// another keep their order (unless one needs a retry).
+    pub fn deliver(
+        &self,
+        msg: Outgoing,
+        sink: String,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
+        let first = self.enqueue(&msg);
+        let this = self.clone();
+        async move {
+            let mut backoff = Duration::from_millis(100);
+            let mut attempt = first;
+            loop {
+                let error = match attempt {
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(_)) => {
+                            this.metrics
+                                .inc("cep_sink_successes_total", &[("sink", &sink)]);
+                            return Ok(());
+                        }
+                        Ok(Err((e, _))) => e,
+                        Err(_) => KafkaError::Canceled,
+                    },
+                    Err(e) => e,
+                };
+                if is_fatal(&error) {
+                    this.metrics
+                        .inc("cep_sink_failures_total", &[("sink", &sink)]);
+                    return Err(format!("kafka rejected the record: {error}"));
+                }
+                this.metrics
+                    .inc("cep_sink_retries_total", &[("sink", &sink)]);
+                tracing::warn!(sink, topic = %msg.topic, %error, "retrying a kafka write");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                attempt = this.enqueue(&msg);
+            }
+        }
+    }
+
+    /// Waits (up to `timeout`) for everything queued to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer as _;
+        let _ = self.inner.flush(timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_large_is_fatal_and_a_timeout_is_not() {
+        assert!(is_fatal(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+        )));
+        assert!(!is_fatal(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        assert!(!is_fatal(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+    }
+}

@@ -1,0 +1,298 @@
+//! Sinks: where alerts go.
+//!
+//! Each sink is a task behind a bounded queue: when a destination is slow
+//! or down its queue fills and the pipeline waits on it, so memory stays
+//! bounded and the consumer is pushed back instead of buffering without
+//! end. A sink settles an alert's [`Ticket`] in the [`Ledger`] only when
+//! the alert is delivered for good — or, after a fatal error or exhausted
+//! retries, written to the sink's dead-letter destination. Nothing is
+//! dropped on the floor.
+
+pub mod kafka;
+pub mod webhook;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{DeadLetterConfig, SinkConfig};
+use crate::engine::Alert;
+use crate::service::ledger::{Ledger, Ticket};
+use crate::service::metrics::Metrics;
+use kafka::{Outgoing, Producer};
+
+/// An alert as the sinks see it: serialised once, shared by every sink.
+#[derive(Debug)]
+pub struct AlertOut {
+    pub id: String,
+    pub pattern: String,
+    pub version: u32,
+    pub kind: &'static str,
+    /// The event key, as text: the Kafka message key.
+    pub key: String,
+    /// The alert JSON.
+    pub body: Vec<u8>,
+}
+
+impl AlertOut {
+    pub fn new(a: &Alert) -> AlertOut {
+        AlertOut {
+            id: a.alert_id.clone(),
+            pattern: a.pattern.clone(),
+            version: a.version,
+            kind: match a.kind {
+                crate::engine::AlertKind::Match => "match",
+                crate::engine::AlertKind::Timeout => "timeout",
+            },
+            key: match &a.key {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            body: serde_json::to_vec(a).expect("an alert serialises"),
+        }
+    }
+}
+
+/// One alert for one sink.
+#[derive(Debug)]
+pub struct Delivery {
+    pub ticket: Ticket,
+    pub alert: Arc<AlertOut>,
+}
+
+/// A running sink.
+pub struct Sink {
+    pub name: String,
+    tx: mpsc::Sender<Delivery>,
+    task: JoinHandle<()>,
+}
+
+/// What every sink needs.
+#[derive(Clone)]
+pub struct SinkEnv {
+    pub ledger: Ledger,
+    pub metrics: Arc<Metrics>,
+    /// The service's producer (None without a `[kafka]` section).
+    pub producer: Option<Producer>,
+    pub state_dir: PathBuf,
+}
+
+impl Sink {
+    /// Starts the sink `name` configured by `config`.
+    pub fn start(name: &str, config: &SinkConfig, env: &SinkEnv) -> Result<Sink, String> {
+        let dead = |d: &Option<DeadLetterConfig>| -> Result<DeadLetter, String> {
+            DeadLetter::new(name, d.as_ref(), env)
+        };
+        let (queue, task): (usize, _) = match config {
+            SinkConfig::Stdout(_) => (1024, Kind::Stdout),
+            SinkConfig::File(f) => (1024, Kind::File(f.path.clone())),
+            SinkConfig::Kafka(k) => {
+                let producer = env
+                    .producer
+                    .clone()
+                    .ok_or_else(|| format!("sinks.{name}: a kafka sink needs a [kafka] section"))?;
+                (
+                    4096,
+                    Kind::Kafka(producer, k.topic.clone(), dead(&k.dead_letter)?),
+                )
+            }
+            SinkConfig::Webhook(w) => (
+                w.queue,
+                Kind::Webhook(webhook::Webhook::new(name, w)?, dead(&w.dead_letter)?),
+            ),
+        };
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let env = env.clone();
+        let sink_name = name.to_string();
+        let task = tokio::spawn(async move { run(sink_name, task, rx, env).await });
+        Ok(Sink {
+            name: name.to_string(),
+            tx,
+            task,
+        })
+    }
+
+    /// Queues an alert; waits while the queue is full.
+    pub async fn send(&self, d: Delivery) -> Result<(), String> {
+        self.tx
+            .send(d)
+            .await
+            .map_err(|_| format!("sink `{}` has stopped", self.name))
+    }
+
+    /// Stops taking alerts and waits for the queued ones to be delivered.
+    pub async fn close(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+enum Kind {
+    Stdout,
+    File(PathBuf),
+    Kafka(Producer, String, DeadLetter),
+    Webhook(webhook::Webhook, DeadLetter),
+}
+
+async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: SinkEnv) {
+    match kind {
+        Kind::Stdout => {
+            while let Some(d) = rx.recv().await {
+                let mut out = std::io::stdout().lock();
+                let ok = out
+                    .write_all(&d.alert.body)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush());
+                if let Err(e) = ok {
+                    tracing::error!(sink = %name, error = %e, "stdout is gone");
+                }
+                env.metrics
+                    .inc("cep_sink_successes_total", &[("sink", &name)]);
+                env.ledger.settle(d.ticket);
+            }
+        }
+        Kind::File(path) => {
+            while let Some(first) = rx.recv().await {
+                // Take whatever else is queued and sync once for all of it.
+                let mut batch = vec![first];
+                while let Ok(d) = rx.try_recv() {
+                    batch.push(d);
+                }
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match append_lines(&path, batch.iter().map(|d| d.alert.body.as_slice())) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            env.metrics
+                                .inc("cep_sink_retries_total", &[("sink", &name)]);
+                            tracing::error!(sink = %name, path = %path.display(), error = %e, "retrying a file write");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+                for d in batch {
+                    env.metrics
+                        .inc("cep_sink_successes_total", &[("sink", &name)]);
+                    env.ledger.settle(d.ticket);
+                }
+            }
+        }
+        Kind::Kafka(producer, topic, dead) => {
+            // Deliveries run concurrently (librdkafka batches them); the
+            // semaphore bounds how many are in flight.
+            let slots = Arc::new(tokio::sync::Semaphore::new(4096));
+            let dead = Arc::new(dead);
+            while let Some(d) = rx.recv().await {
+                let permit = slots.clone().acquire_owned().await.expect("open");
+                let delivery = producer.deliver(alert_record(&topic, &d.alert), name.clone());
+                let (dead, env) = (dead.clone(), env.clone());
+                tokio::spawn(async move {
+                    if let Err(reason) = delivery.await {
+                        dead.write(&d.alert, &reason).await;
+                    }
+                    env.ledger.settle(d.ticket);
+                    drop(permit);
+                });
+            }
+            let _ = slots.acquire_many(4096).await;
+        }
+        Kind::Webhook(hook, dead) => hook.run(rx, dead, env).await,
+    }
+}
+
+/// The Kafka record of an alert: key = event key, headers name it.
+pub fn alert_record(topic: &str, a: &AlertOut) -> Outgoing {
+    Outgoing {
+        topic: topic.to_string(),
+        key: Some(a.key.as_bytes().to_vec()),
+        payload: a.body.clone(),
+        headers: vec![
+            ("cep-pattern".into(), a.pattern.as_bytes().to_vec()),
+            (
+                "cep-pattern-version".into(),
+                a.version.to_string().into_bytes(),
+            ),
+            ("cep-alert-id".into(), a.id.as_bytes().to_vec()),
+            ("cep-kind".into(), a.kind.as_bytes().to_vec()),
+        ],
+    }
+}
+
+fn append_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(l);
+        buf.push(b'\n');
+    }
+    f.write_all(&buf)?;
+    f.sync_data()
+}
+
+/// Where a sink puts alerts it cannot deliver.
+pub enum DeadLetter {
+    File(PathBuf),
+    Topic(Producer, String),
+}
+
+impl DeadLetter {
+    fn new(
+        sink: &str,
+        config: Option<&DeadLetterConfig>,
+        env: &SinkEnv,
+    ) -> Result<DeadLetter, String> {
+        match config {
+            Some(DeadLetterConfig { topic: Some(t), .. }) => Ok(DeadLetter::Topic(
+                env.producer.clone().ok_or_else(|| {
+                    format!("sinks.{sink}.dead_letter.topic: needs a [kafka] section")
+                })?,
+                t.clone(),
+            )),
+            Some(DeadLetterConfig { file: Some(f), .. }) => Ok(DeadLetter::File(f.clone())),
+            _ => Ok(DeadLetter::File(
+                env.state_dir.join(format!("dead-alerts-{sink}.jsonl")),
+            )),
+        }
+    }
+
+    /// Writes the alert with the reason; retries until it is written.
+    pub async fn write(&self, a: &AlertOut, reason: &str) {
+        tracing::error!(alert_id = %a.id, pattern = %a.pattern, reason, "alert dead-lettered");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = match self {
+                DeadLetter::File(path) => {
+                    let alert: serde_json::Value =
+                        serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+                    let line = serde_json::json!({"reason": reason, "alert": alert}).to_string();
+                    append_lines(path, std::iter::once(line.as_bytes())).map_err(|e| e.to_string())
+                }
+                DeadLetter::Topic(p, topic) => {
+                    let mut msg = alert_record(topic, a);
+                    msg.headers
+                        .push(("cep-reason".into(), reason.as_bytes().to_vec()));
+                    p.deliver(msg, "dead-letter".into()).await
+                }
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "retrying a dead-letter write");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The Kafka source: a consumer in a consumer group, and what happens when
+//! the group moves partitions.
+//!
+//! Offsets are never committed automatically: the pipeline commits the
+//! offsets of a checkpoint once its outputs are acknowledged. On an
+//! assignment the consumer context looks at the last checkpoint: if it
+//! belongs to exactly the assigned partitions, each partition starts at the
+//! checkpoint's offset and the pipeline restores the engine from it;
+//! otherwise every partition starts at its committed offset (the earliest
+//! for a new group) with a fresh engine. On a revocation the pipeline drops
+//! all engine state: nothing of a revoked partition lingers, and outputs
+//! still in flight keep their ids when they are produced again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::config::KafkaSection;
+use crate::service::checkpoint::{partition_name, Checkpoint, Store};
+use crate::service::metrics::Metrics;
+
+/// A change of assignment, for the pipeline to act on before its next
+/// record.
+#[derive(Debug)]
+pub enum Rebalance {
+    Assigned {
+        partitions: Vec<(String, i32)>,
+        /// The checkpoint the partitions were positioned at, if any.
+        restore: Option<Box<Checkpoint>>,
+    },
+    Revoked,
+}
+
+pub struct Context {
+    store: Store,
+    metrics: Arc<Metrics>,
+    events: Mutex<Vec<Rebalance>>,
+}
+
+pub type Source = StreamConsumer<Context>;
+
+impl Context {
+    /// Rebalances since the last call, oldest first.
+    pub fn take_rebalances(&self) -> Vec<Rebalance> {
+        std::mem::take(&mut *self.events.lock().expect("rebalance lock"))
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let names: BTreeSet<String> = partitions
+            .iter()
+            .map(|(t, p)| partition_name(t, *p))
+            .collect();
+        let restore = match self.store.load() {
+            Ok(Some(c)) if c.partitions == names => Some(Box::new(c)),
+            Ok(Some(_)) => {
+                tracing::warn!(
+                    "the checkpoint covers other partitions than assigned: starting afresh from committed offsets"
+                );
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                // Not fatal here (a callback cannot fail), but loud: the
+                // pipeline refuses to run on (see `Pipeline::apply`).
+                tracing::error!(error = %e, "cannot read the checkpoint");
+                None
+            }
+        };
+        if let Some(c) = &restore {
+            for (t, p) in &partitions {
+                if let Some(&off) = c.offsets.get(&partition_name(t, *p)) {
+                    let _ = tpl.set_partition_offset(t, *p, Offset::Offset(off));
+                }
+            }
+        }
+        if let Err(e) = consumer.assign(tpl) {
+            tracing::error!(error = %e, "assign failed");
+        }
+        self.metrics.inc("cep_rebalances_total", &[]);
+        tracing::info!(
+            ?partitions,
+            restored = restore.is_some(),
+            "partitions assigned"
+        );
+        self.events
+            .lock()
+            .expect("rebalance lock")
+            .push(Rebalance::Assigned {
+                partitions,
+                restore,
+            });
+    }
+}
+
+impl ClientContext for Context {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = false;
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{msg}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
+            _ => tracing::debug!(target: "librdkafka", fac, "{msg}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, reason);
+    }
+
+    fn stats(&self, s: Statistics) {
+        self.metrics.clear("cep_consumer_lag");
+        for (topic, t) in &s.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    let p = p.to_string();
+                    self.metrics.set(
+                        "cep_consumer_lag",
+                        &[("topic", topic), ("partition", &p)],
+                        part.consumer_lag as f64,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let _ = consumer.unassign();
+                tracing::info!("partitions revoked");
+                self.events
+                    .lock()
+                    .expect("rebalance lock")
+                    .push(Rebalance::Revoked);
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed");
+                let _ = consumer.unassign();
+                self.events
+                    .lock()
+                    .expect("rebalance lock")
+                    .push(Rebalance::Revoked);
+            }
+        }
+    }
+}
+
+/// Creates the consumer and subscribes to every input topic.
+pub fn consumer(k: &KafkaSection, store: Store, metrics: Arc<Metrics>) -> Result<Source, String> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("group.id", &k.group_id)
+        .set("group.instance.id", k.instance_id())
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "range")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", "100");
+    for (key, v) in &k.options {
+        c.set(key, v);
+    }
+    let ctx = Context {
+        store,
+        metrics,
+        events: Mutex::new(Vec::new()),
+    };
+    let consumer: Source = c
+        .create_with_context(ctx)
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let topics: Vec<&str> = k.inputs.iter().map(|i| i.topic.as_str()).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| format!("kafka subscribe {topics:?}: {e}"))?;
+    Ok(consumer)
+}
+
+/// Commits `offsets` (`topic/partition` → next offset).
+pub fn commit(
+    consumer: &Source,
+    offsets: &BTreeMap<String, i64>,
+    sync: bool,
+) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    for (name, off) in offsets {
+        let (topic, p) = name.rsplit_once('/').expect("topic/partition");
+        let p: i32 = p.parse().expect("partition number");
+        tpl.add_partition_offset(topic, p, Offset::Offset(*off))
+            .map_err(|e| e.to_string())?;
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    let mode = if sync {
+        rdkafka::consumer::CommitMode::Sync
+    } else {
+        rdkafka::consumer::CommitMode::Async
+    };
+    consumer.commit(&tpl, mode).map_err(|e| e.to_string())
+}

@@ -1,0 +1,433 @@
+//! `cep serve` end to end against a real broker (tansu on loopback): the
+//! real binary, real topics, alerts read back from the alert topic and
+//! compared with what `cep replay` finds in the same events.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cep::gen::CardGen;
+use support::*;
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// A serve config reading `cards`, alerts to the `alerts` topic.
+fn config(brokers: &str, patterns: &Path, extra_kafka: &str, lateness: &str) -> String {
+    format!(
+        r#"
+[engine]
+lateness = "{lateness}"
+
+[serve]
+patterns = "{patterns}"
+state_dir = "state"
+checkpoint_interval = "300ms"
+listen = "127.0.0.1:{{HTTP}}"
+default_sinks = ["alerts"]
+shutdown_timeout = "10s"
+
+[kafka]
+brokers = "{brokers}"
+group_id = "cep-test"
+{extra_kafka}
+
+[[kafka.inputs]]
+topic = "cards"
+
+[sinks.alerts]
+type = "kafka"
+topic = "alerts"
+"#,
+        patterns = patterns.display()
+    )
+}
+
+/// Card events as JSON lines, and one far-future event per partition that
+/// matches nothing but moves every partition's watermark past every window.
+fn card_lines(events: usize, cards: usize, seed: u64) -> (Vec<serde_json::Value>, i64) {
+    let g = CardGen {
+        mean_gap_ms: 400.0,
+        ..CardGen::new(events, cards, seed)
+    };
+    let evs = g.generate();
+    let last = evs.iter().map(cep::gen::ts_of).max().unwrap();
+    (evs, last)
+}
+
+fn sentinel(partition: i32, last: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "card": {"id": format!("~end-{partition}")},
+        "ts": last + 86_400_000,
+        "merchant": "none",
+        "country": "none"
+    }))
+    .unwrap()
+}
+
+fn card_of(e: &serde_json::Value) -> String {
+    e["card"]["id"].as_str().unwrap().to_string()
+}
+
+/// Writes the lines the broker will carry (in that order) for replay.
+fn write_jsonl(path: &Path, lines: &[Vec<u8>]) {
+    let mut text = Vec::new();
+    for l in lines {
+        text.extend_from_slice(l);
+        text.push(b'\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn alerts_by_id(got: &[Got]) -> BTreeMap<String, serde_json::Value> {
+    got.iter()
+        .map(|g| {
+            let v = g.json();
+            (v["alert_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+fn ids(m: &BTreeMap<String, serde_json::Value>) -> BTreeSet<String> {
+    m.keys().cloned().collect()
+}
+
+#[test]
+fn fraud_patterns_end_to_end_equal_replay_and_shut_down_cleanly() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 3);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("fraud");
+
+    let (events, last) = card_lines(12_000, 200, 7);
+    let mut lines: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap())
+        .collect();
+    let keys: Vec<String> = events.iter().map(card_of).collect();
+    let mut out: Vec<Out> = lines
+        .iter()
+        .zip(&keys)
+        .map(|(l, k)| Out {
+            partition: None,
+            key: Some(k),
+            value: l,
+        })
+        .collect();
+    let sentinels: Vec<Vec<u8>> = (0..3).map(|p| sentinel(p, last)).collect();
+    for (p, s) in sentinels.iter().enumerate() {
+        out.push(Out {
+            partition: Some(p as i32),
+            key: None,
+            value: s,
+        });
+    }
+    produce(&b, "cards", &out);
+    lines.extend(sentinels.iter().cloned());
+    write_jsonl(&dir.join("events.jsonl"), &lines);
+    let want = replay(&repo("patterns/fraud"), &dir.join("events.jsonl"), "0s");
+    assert!(want.len() > 50, "the stream has alerts ({})", want.len());
+
+    let mut serve = Serve::start(&dir, &config(&b, &repo("patterns/fraud"), "", "0s"));
+    serve.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(120), |g| {
+        g.len() >= want.len()
+    });
+    let got_by_id = alerts_by_id(&got);
+    assert_eq!(ids(&got_by_id), ids(&want), "the same alerts as replay");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "each alert once in an uninterrupted run"
+    );
+    for (id, a) in &want {
+        assert_eq!(&got_by_id[id], a, "alert {id} differs");
+    }
+    // Headers and key name the alert.
+    let g = &got[0];
+    let v = g.json();
+    assert_eq!(g.headers["cep-alert-id"], v["alert_id"].as_str().unwrap());
+    assert_eq!(g.headers["cep-pattern"], v["pattern"].as_str().unwrap());
+    assert_eq!(g.headers["cep-kind"], v["kind"].as_str().unwrap());
+    assert_eq!(g.headers["cep-pattern-version"], v["version"].to_string());
+    assert_eq!(g.key.as_deref(), v["key"].as_str());
+
+    // Metrics count what went through.
+    let t0 = Instant::now();
+    while serve.metric("cep_events_in_total", "topic=\"cards\"") < lines.len() as f64 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            serve.get("/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(serve.get("/healthz").map(|r| r.0), Some(200));
+    let (_, metrics) = serve.get("/metrics").unwrap();
+    assert!(metrics.contains("cep_alerts_total{pattern=\"small_then_large\",kind=\"match\"}"));
+    assert!(metrics.contains("cep_sink_successes_total{sink=\"alerts\"}"));
+
+    // SIGTERM: exit 0 promptly, with a checkpoint at the end of every partition.
+    let t0 = Instant::now();
+    serve.signal("-TERM");
+    let status = serve.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}:\n{}", serve.log());
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    let ckpt: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/checkpoint-cep-test.json")).unwrap())
+            .unwrap();
+    let offsets: i64 = ckpt["offsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(offsets, lines.len() as i64, "every record checkpointed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_service_restarts_from_its_checkpoint_and_loses_no_alert() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 2);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("sigkill");
+
+    let (events, last) = card_lines(15_000, 150, 11);
+    let lines: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap())
+        .collect();
+    let keys: Vec<String> = events.iter().map(card_of).collect();
+    let batch = |r: std::ops::Range<usize>| -> Vec<Out> {
+        r.map(|i| Out {
+            partition: None,
+            key: Some(&keys[i]),
+            value: &lines[i],
+        })
+        .collect()
+    };
+    let n = lines.len();
+    let (a, bb) = (n * 2 / 5, n * 7 / 10);
+    let sentinels: Vec<Vec<u8>> = (0..2).map(|p| sentinel(p, last)).collect();
+    let mut all = lines.clone();
+    all.extend(sentinels.iter().cloned());
+    write_jsonl(&dir.join("events.jsonl"), &all);
+    let want = replay(&repo("patterns/fraud"), &dir.join("events.jsonl"), "0s");
+
+    produce(&b, "cards", &batch(0..a));
+    let cfg = config(&b, &repo("patterns/fraud"), "", "0s");
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let t0 = Instant::now();
+    while serve.metric("cep_events_in_total", "") < a as f64
+        || serve.metric("cep_checkpoints_total", "") < 2.0
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", serve.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Kill it hard while the next batch streams in.
+    produce(&b, "cards", &batch(a..bb));
+    std::thread::sleep(Duration::from_millis(150));
+    serve.signal("-KILL");
+    serve.wait(Duration::from_secs(10));
+    drop(serve);
+
+    let mut rest = batch(bb..n);
+    for (p, s) in sentinels.iter().enumerate() {
+        rest.push(Out {
+            partition: Some(p as i32),
+            key: None,
+            value: s,
+        });
+    }
+    produce(&b, "cards", &rest);
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(120), |g| {
+        let seen: BTreeSet<&str> = g
+            .iter()
+            .filter_map(|x| x.headers.get("cep-alert-id").map(String::as_str))
+            .collect();
+        want.keys().all(|k| seen.contains(k.as_str()))
+    });
+    let got_by_id = alerts_by_id(&got);
+    let missing: Vec<_> = ids(&want).difference(&ids(&got_by_id)).cloned().collect();
+    let extra: Vec<_> = ids(&got_by_id).difference(&ids(&want)).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} alerts: {missing:?}\n{}",
+        missing.len(),
+        serve.log()
+    );
+    assert!(
+        extra.is_empty(),
+        "alerts an uninterrupted run never raises: {extra:?}"
+    );
+    for (id, a) in &want {
+        assert_eq!(&got_by_id[id], a, "alert {id} differs after the restart");
+    }
+    assert!(serve.log().contains("restored=true"), "{}", serve.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn partitions_out_of_order_and_an_idle_partition() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 3);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("order");
+
+    // Partition 0 is produced entirely before partition 1: the service sees
+    // one far ahead of the other and must still match in event time.
+    // Partition 2 never gets a record: it goes idle.
+    let (events, last) = card_lines(6_000, 100, 3);
+    let lines: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap())
+        .collect();
+    let part = |e: &serde_json::Value| -> i32 {
+        let id = card_of(e);
+        (id[1..].parse::<u32>().unwrap() % 2) as i32
+    };
+    let mut out = Vec::new();
+    for p in 0..2 {
+        for (e, l) in events.iter().zip(&lines) {
+            if part(e) == p {
+                out.push(Out {
+                    partition: Some(p),
+                    key: None,
+                    value: l,
+                });
+            }
+        }
+    }
+    let sentinels: Vec<Vec<u8>> = (0..2).map(|p| sentinel(p, last)).collect();
+    for (p, s) in sentinels.iter().enumerate() {
+        out.push(Out {
+            partition: Some(p as i32),
+            key: None,
+            value: s,
+        });
+    }
+    produce(&b, "cards", &out);
+    let mut all = lines.clone();
+    all.extend(sentinels.iter().cloned());
+    write_jsonl(&dir.join("events.jsonl"), &all);
+    let want = replay(&repo("patterns/fraud"), &dir.join("events.jsonl"), "0s");
+
+    let cfg = config(&b, &repo("patterns/fraud"), "idle_timeout = \"2s\"", "0s");
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(90), |g| {
+        g.len() >= want.len()
+    });
+    let got_by_id = alerts_by_id(&got);
+    assert_eq!(ids(&got_by_id), ids(&want), "\n{}", serve.log());
+    assert_eq!(serve.metric("cep_late_events_total", ""), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn malformed_records_go_to_the_dead_letter_topic_and_late_ones_to_the_late_topic() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    for t in ["alerts", "cep-dead-letter", "cep-late"] {
+        create_topic(&b, t, 1);
+    }
+    let dir = scratch("dead");
+    let ok = |ts: i64, amount: f64| {
+        serde_json::to_vec(&serde_json::json!({"card": {"id": "c1"}, "ts": ts, "amount": amount}))
+            .unwrap()
+    };
+    let big = format!(
+        r#"{{"card":{{"id":"c1"}},"ts":1000,"pad":"{}"}}"#,
+        "x".repeat(3000)
+    );
+    let records: Vec<(Vec<u8>, &str)> = vec![
+        (ok(1_000_000, 5.0), ""),
+        (b"this is not json".to_vec(), "not a JSON object"),
+        (
+            br#"{"card":{"id":"c1"}}"#.to_vec(),
+            "missing time field `ts`",
+        ),
+        (
+            br#"{"card":{"id":"c1"},"ts":"yesterday"}"#.to_vec(),
+            "\"yesterday\" is not an RFC 3339 timestamp",
+        ),
+        (br#"{"ts":1000500}"#.to_vec(), "missing key field `card.id`"),
+        (big.into_bytes(), "larger than kafka.max_event_bytes"),
+        (ok(1_200_000, 700.0), ""),
+        // 190 s behind the newest event, lateness 60 s: late.
+        (ok(1_010_000, 3.0), "late"),
+        (ok(1_300_000, 1.0), ""),
+    ];
+    let out: Vec<Out> = records
+        .iter()
+        .map(|(v, _)| Out {
+            partition: None,
+            key: Some("c1"),
+            value: v,
+        })
+        .collect();
+    produce(&b, "cards", &out);
+    let patterns = dir.join("patterns");
+    std::fs::create_dir_all(&patterns).unwrap();
+    std::fs::copy(
+        repo("patterns/fraud/small_then_large.cep"),
+        patterns.join("small_then_large.cep"),
+    )
+    .unwrap();
+    let cfg = config(&b, &patterns, "max_event_bytes = 2000", "1m");
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+
+    let dead = consume_until(&b, "cep-dead-letter", Duration::from_secs(60), |g| {
+        g.len() >= 5
+    });
+    assert_eq!(dead.len(), 5, "{}", serve.log());
+    let expected: Vec<(usize, &(Vec<u8>, &str))> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, why))| !why.is_empty() && *why != "late")
+        .collect();
+    let mut dead = dead;
+    dead.sort_by_key(|d| d.headers["cep-source-offset"].parse::<i64>().unwrap());
+    for (d, (offset, (bytes, why))) in dead.iter().zip(expected) {
+        assert_eq!(&d.value, bytes, "the original bytes");
+        assert!(
+            d.headers["cep-reason"].contains(why),
+            "{:?} lacks {why}",
+            d.headers
+        );
+        assert_eq!(d.headers["cep-source-topic"], "cards");
+        assert_eq!(d.headers["cep-source-partition"], "0");
+        assert_eq!(d.headers["cep-source-offset"], offset.to_string());
+        assert_eq!(d.key.as_deref(), Some("c1"));
+    }
+    let late = consume_until(&b, "cep-late", Duration::from_secs(30), |g| !g.is_empty());
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].value, records[7].0);
+    assert_eq!(late[0].headers["cep-source-offset"], "7");
+    let t0 = Instant::now();
+    while serve.metric("cep_decode_errors_total", "topic=\"cards\"") < 5.0 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        serve.metric("cep_late_events_total", "stream=\"cards\""),
+        1.0
+    );
+    // The service carried on: the small charge at 1_000_000 and the large
+    // one at 1_200_000 (within 5 minutes) match.
+    let alerts = consume_until(&b, "alerts", Duration::from_secs(30), |g| !g.is_empty());
+    assert_eq!(alerts[0].json()["fields"]["large_amount"], 700.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
