@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Every metric: name, type, help.
 pub const FAMILIES: &[(&str, &str, &str)] = &[
@@ -94,6 +95,26 @@ type Labels = Vec<(String, String)>;
 #[derive(Default)]
 pub struct Metrics {
     values: Mutex<BTreeMap<&'static str, BTreeMap<Labels, f64>>>,
+    /// Counters bumped on hot paths: a handle each, no lock per increment.
+    counters: Mutex<BTreeMap<&'static str, BTreeMap<Labels, Arc<AtomicU64>>>>,
+}
+
+/// A counter registered once and bumped without locking.
+#[derive(Clone, Debug)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The delivery counters of one sink.
+#[derive(Clone, Debug)]
+pub struct SinkCounters {
+    pub successes: Counter,
+    pub retries: Counter,
+    pub failures: Counter,
 }
 
 fn labels(l: &[(&str, &str)]) -> Labels {
@@ -116,6 +137,27 @@ impl Metrics {
         self.add(name, l, 1.0);
     }
 
+    /// The counter `name{l}`, registered on first use.
+    pub fn counter(&self, name: &'static str, l: &[(&str, &str)]) -> Counter {
+        let mut g = self.counters.lock().expect("metrics lock");
+        Counter(
+            g.entry(name)
+                .or_default()
+                .entry(labels(l))
+                .or_default()
+                .clone(),
+        )
+    }
+
+    pub fn sink(&self, sink: &str) -> SinkCounters {
+        let l = [("sink", sink)];
+        SinkCounters {
+            successes: self.counter("cep_sink_successes_total", &l),
+            retries: self.counter("cep_sink_retries_total", &l),
+            failures: self.counter("cep_sink_failures_total", &l),
+        }
+    }
+
     pub fn set(&self, name: &'static str, l: &[(&str, &str)], v: f64) {
         let mut g = self.values.lock().expect("metrics lock");
         g.entry(name).or_default().insert(labels(l), v);
@@ -129,15 +171,26 @@ impl Metrics {
 
     /// One value, for tests and the pipeline's own checks.
     pub fn get(&self, name: &str, l: &[(&str, &str)]) -> f64 {
-        let g = self.values.lock().expect("metrics lock");
-        g.get(name)
-            .and_then(|m| m.get(&labels(l)))
-            .copied()
-            .unwrap_or(0.0)
+        let l = labels(l);
+        let plain = {
+            let g = self.values.lock().expect("metrics lock");
+            g.get(name).and_then(|m| m.get(&l)).copied().unwrap_or(0.0)
+        };
+        let c = self.counters.lock().expect("metrics lock");
+        plain
+            + c.get(name)
+                .and_then(|m| m.get(&l))
+                .map_or(0.0, |v| v.load(Ordering::Relaxed) as f64)
     }
 
     pub fn render(&self) -> String {
-        let g = self.values.lock().expect("metrics lock");
+        let mut g = self.values.lock().expect("metrics lock").clone();
+        for (name, series) in self.counters.lock().expect("metrics lock").iter() {
+            let m = g.entry(name).or_default();
+            for (l, v) in series {
+                *m.entry(l.clone()).or_default() += v.load(Ordering::Relaxed) as f64;
+            }
+        }
         let mut s = String::new();
         for (name, kind, help) in FAMILIES {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -186,5 +239,12 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.get("cep_events_in_total", &[("topic", "cards")]), 3.0);
+        let c = m.counter("cep_sink_successes_total", &[("sink", "k")]);
+        c.inc();
+        c.inc();
+        assert!(m
+            .render()
+            .contains("cep_sink_successes_total{sink=\"k\"} 2\n"));
+        assert_eq!(m.get("cep_sink_successes_total", &[("sink", "k")]), 2.0);
     }
 }

@@ -104,6 +104,26 @@ pub async fn serve(
     automata: Vec<Automaton>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    let probes = Probes::default();
+    serve_with(config, automata, shutdown, probes).await
+}
+
+/// What an embedding program (a benchmark, a test) can watch while the
+/// service runs: the metrics `/metrics` shows and the readiness `/readyz`
+/// reports.
+#[derive(Clone, Default)]
+pub struct Probes {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+/// [`serve`], reporting through `probes`.
+pub async fn serve_with(
+    config: Config,
+    automata: Vec<Automaton>,
+    shutdown: impl Future<Output = ()>,
+    probes: Probes,
+) -> Result<(), String> {
     let kafka = config
         .kafka
         .clone()
@@ -123,10 +143,9 @@ pub async fn serve(
             .await?;
         }
     }
-    let metrics = Arc::new(Metrics::new());
+    let Probes { metrics, health } = probes;
     let ledger = Ledger::new();
-    let health = Arc::new(Health::default());
-    let producer = sink::kafka::Producer::new(&kafka.brokers, &kafka.options, metrics.clone())
+    let producer = sink::kafka::Producer::new(&kafka.brokers, &kafka.options)
         .map_err(|e| format!("kafka producer: {e}"))?;
     let env = SinkEnv {
         ledger: ledger.clone(),

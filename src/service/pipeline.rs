@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
+
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
@@ -28,7 +30,7 @@ use crate::engine::{Engine, EngineConfig, Output, Record};
 use crate::event::stable_hash;
 use crate::service::checkpoint::{partition_name, Checkpoint, Store, FORMAT};
 use crate::service::ledger::Ledger;
-use crate::service::metrics::Metrics;
+use crate::service::metrics::{Counter, Metrics};
 use crate::service::sink::kafka::{Outgoing, Producer};
 use crate::service::sink::{AlertOut, Delivery, Sink};
 use crate::service::source::{self, Rebalance, Source};
@@ -59,11 +61,13 @@ pub struct Parts {
     pub fallback_dead_letter: std::path::PathBuf,
 }
 
-/// A partition as the pipeline tracks it.
+/// A partition as the pipeline tracks it (names built once, not per
+/// record).
 struct Part {
-    name: String,
-    topic: String,
-    partition: i32,
+    /// `topic/partition`.
+    name: Arc<str>,
+    topic: Arc<str>,
+    stream: Arc<str>,
     input: usize,
     /// Tie-break base: topic index and partition in the high bits.
     order_base: u64,
@@ -92,9 +96,12 @@ pub struct Pipeline {
     counts: Counts,
     /// Snapshot waiting for its outputs: (ledger high mark, checkpoint).
     pending: Option<(u64, Checkpoint)>,
+    /// The checkpoint being written, if any (one at a time, in order).
+    writing: Option<JoinHandle<bool>>,
     last_checkpoint: Instant,
     started: Instant,
     side_slots: Arc<tokio::sync::Semaphore>,
+    alert_counters: HashMap<String, (Counter, Counter)>,
     out: Output,
 }
 
@@ -118,9 +125,11 @@ impl Pipeline {
             assigned: BTreeSet::new(),
             counts: Counts::default(),
             pending: None,
+            writing: None,
             last_checkpoint: Instant::now(),
             started: Instant::now(),
             side_slots: Arc::new(tokio::sync::Semaphore::new(10_000)),
+            alert_counters: HashMap::new(),
             out: Output::default(),
             p,
         }
@@ -145,6 +154,7 @@ impl Pipeline {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
         tokio::pin!(shutdown);
+        let consumer = Arc::new(consumer);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -192,15 +202,15 @@ impl Pipeline {
                 let now = self.now();
                 for (t, p) in &partitions {
                     let name = partition_name(t, *p);
-                    self.assigned.insert(name);
                     if let Some(&i) = self.topic_index.get(t) {
                         let stream = self.inputs[i].stream().to_string();
                         let fresh = self.new_clocks();
                         self.clocks
                             .entry(stream)
                             .or_insert(fresh)
-                            .assign(&(t.clone(), *p), now);
+                            .assign(&name, now);
                     }
+                    self.assigned.insert(name);
                 }
                 if let Some(c) = restore {
                     let fresh = self.engine.restore(c.engine);
@@ -224,10 +234,11 @@ impl Pipeline {
 
     fn part(&mut self, topic: &str, partition: i32) -> Option<&Part> {
         let i = *self.topic_index.get(topic)?;
+        let stream = self.inputs[i].stream();
         Some(self.parts.entry((i, partition)).or_insert_with(|| Part {
-            name: partition_name(topic, partition),
-            topic: topic.to_string(),
-            partition,
+            name: partition_name(topic, partition).into(),
+            topic: topic.into(),
+            stream: stream.into(),
             input: i,
             order_base: ((i as u64) << 56) | ((partition as u64 & 0xffff) << 40),
         }))
@@ -238,13 +249,16 @@ impl Pipeline {
             return;
         };
         let (name, input, order_base) = (part.name.clone(), part.input, part.order_base);
-        let topic = part.topic.clone();
-        let pid = (topic.clone(), part.partition);
+        let (topic, stream) = (part.topic.clone(), part.stream.clone());
         let offset = m.offset();
-        self.positions.insert(name, offset + 1);
-        *self.counts.events_in.entry(topic.clone()).or_default() += 1;
+        match self.positions.get_mut(&*name) {
+            Some(p) => *p = offset + 1,
+            None => {
+                self.positions.insert(name.to_string(), offset + 1);
+            }
+        }
+        bump(&mut self.counts.events_in, &topic);
         let cfg = &self.inputs[input];
-        let stream = cfg.stream().to_string();
         let payload = m.payload().unwrap_or_default();
 
         let reject = |why: String| Some(why);
@@ -280,22 +294,23 @@ impl Pipeline {
         let problem = match problem {
             Some(p) => Some(p),
             None => {
-                let clocks = self.clocks.get(&stream);
+                let clocks = self.clocks.get(&*stream);
                 let rec = Record {
                     json: payload,
                     hash: stable_hash(payload, 0),
                     key,
                     time,
                     order: Some(order_base | (offset as u64 & ((1 << 40) - 1))),
-                    late_before: clocks.map_or(i64::MIN, |c| c.late_before(&pid)),
+                    late_before: clocks.map_or(i64::MIN, |c| c.late_before(&name)),
                 };
                 match self.engine.push_record(&stream, &rec, &mut out) {
                     Ok(t) => {
-                        let fresh = self.new_clocks();
-                        self.clocks
-                            .entry(stream.clone())
-                            .or_insert(fresh)
-                            .observe(&pid, t, now);
+                        if !self.clocks.contains_key(&*stream) {
+                            let fresh = self.new_clocks();
+                            self.clocks.insert(stream.to_string(), fresh);
+                        }
+                        let clocks = self.clocks.get_mut(&*stream).expect("just made");
+                        clocks.observe(&name, t, now);
                         None
                     }
                     Err(e) => Some(format!("not a JSON object: {e}")),
@@ -312,11 +327,11 @@ impl Pipeline {
             })
         });
         if let Some(reason) = problem {
-            *self.counts.decode_errors.entry(topic.clone()).or_default() += 1;
+            bump(&mut self.counts.decode_errors, &topic);
             self.dead_letter(m, &reason).await;
         }
         if !out.late.is_empty() {
-            *self.counts.late.entry(stream.clone()).or_default() += 1;
+            bump(&mut self.counts.late, &stream);
             if self.p.kafka.late_events == LatePolicy::Topic {
                 let first = &out.late[0];
                 let (t, w) = (first.event_time.to_string(), first.watermark.to_string());
@@ -347,7 +362,10 @@ impl Pipeline {
         else {
             return;
         };
-        let last = self.engine_wm.entry(stream.to_string()).or_insert(i64::MIN);
+        let last = match self.engine_wm.get_mut(stream) {
+            Some(l) => l,
+            None => self.engine_wm.entry(stream.to_string()).or_insert(i64::MIN),
+        };
         if wm > *last {
             *last = wm;
             self.engine.advance_watermark(stream, wm, out);
@@ -360,10 +378,15 @@ impl Pipeline {
                 crate::engine::AlertKind::Match => "match",
                 crate::engine::AlertKind::Timeout => "timeout",
             };
-            self.p.metrics.inc(
-                "cep_alerts_total",
-                &[("pattern", &a.pattern), ("kind", kind)],
-            );
+            if !self.alert_counters.contains_key(&a.pattern) {
+                let m = &self.p.metrics;
+                let c = |k| m.counter("cep_alerts_total", &[("pattern", &a.pattern), ("kind", k)]);
+                let pair = (c("match"), c("timeout"));
+                self.alert_counters.insert(a.pattern.clone(), pair);
+            }
+            let pair = &self.alert_counters[&a.pattern];
+            let counter = if kind == "match" { &pair.0 } else { &pair.1 };
+            counter.inc();
             let route = self
                 .p
                 .routes
@@ -438,8 +461,8 @@ impl Pipeline {
             self.p.ledger.clone(),
             self.p.fallback_dead_letter.clone(),
         );
-        let sink = msg.topic.clone();
-        let delivery = producer.deliver(msg.clone(), sink);
+        let counters = self.p.metrics.sink(&msg.topic);
+        let delivery = producer.deliver(msg.clone(), counters);
         tokio::spawn(async move {
             if let Err(reason) = delivery.await {
                 fallback_write(&fallback, &msg, &reason).await;
@@ -449,7 +472,7 @@ impl Pipeline {
         });
     }
 
-    async fn on_tick(&mut self, consumer: &Source) {
+    async fn on_tick(&mut self, consumer: &Arc<Source>) {
         let now = self.now();
         let mut out = std::mem::take(&mut self.out);
         let streams: Vec<String> = self.clocks.keys().cloned().collect();
@@ -460,10 +483,13 @@ impl Pipeline {
         self.out = out;
         self.publish_metrics();
 
+        if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
+            self.writing = None;
+        }
         if let Some((seq, _)) = &self.pending {
-            if self.p.ledger.settled_through(*seq) {
+            if self.writing.is_none() && self.p.ledger.settled_through(*seq) {
                 let (_, c) = self.pending.take().expect("pending");
-                self.persist(consumer, &c, false);
+                self.writing = Some(self.persist(consumer, c, false));
             }
         }
         if self.pending.is_none()
@@ -487,19 +513,27 @@ impl Pipeline {
         }
     }
 
-    /// Writes the checkpoint, then commits its offsets.
-    fn persist(&self, consumer: &Source, c: &Checkpoint, sync: bool) -> bool {
-        let bytes = serde_json::to_vec(c).expect("a checkpoint serialises");
-        if let Err(e) = self.p.store.save(&bytes) {
-            tracing::error!(error = %e, path = %self.p.store.path().display(), "checkpoint not written");
-            return false;
-        }
-        if let Err(e) = source::commit(consumer, &c.offsets, sync) {
-            tracing::warn!(error = %e, "offset commit failed");
-            return false;
-        }
-        self.p.metrics.inc("cep_checkpoints_total", &[]);
-        true
+    /// Writes the checkpoint, then commits its offsets, on a blocking
+    /// thread: serialising and fsync must not stall the records.
+    fn persist(&self, consumer: &Arc<Source>, c: Checkpoint, sync: bool) -> JoinHandle<bool> {
+        let (store, metrics, consumer) = (
+            self.p.store.clone(),
+            self.p.metrics.clone(),
+            consumer.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&c).expect("a checkpoint serialises");
+            if let Err(e) = store.save(&bytes) {
+                tracing::error!(error = %e, path = %store.path().display(), "checkpoint not written");
+                return false;
+            }
+            if let Err(e) = source::commit(&consumer, &c.offsets, sync) {
+                tracing::warn!(error = %e, "offset commit failed");
+                return false;
+            }
+            metrics.inc("cep_checkpoints_total", &[]);
+            true
+        })
     }
 
     fn publish_metrics(&mut self) {
@@ -546,7 +580,7 @@ impl Pipeline {
     /// Stops consuming, checkpoints the current state once its outputs are
     /// acknowledged, commits and closes the sinks, all within the shutdown
     /// timeout.
-    async fn shutdown(mut self, consumer: Source) -> Result<(), String> {
+    async fn shutdown(mut self, consumer: Arc<Source>) -> Result<(), String> {
         self.p.health.ready.store(false, Ordering::SeqCst);
         let deadline = self.p.shutdown_timeout;
         let c = (!self.assigned.is_empty()).then(|| self.checkpoint());
@@ -556,8 +590,11 @@ impl Pipeline {
             .is_ok();
         let mut result = Ok(());
         if flushed {
-            if let Some(c) = &c {
-                if !self.persist(&consumer, c, true) {
+            if let Some(c) = c {
+                if let Some(w) = self.writing.take() {
+                    let _ = w.await;
+                }
+                if !self.persist(&consumer, c, true).await.unwrap_or(false) {
                     result = Err("the final checkpoint failed".to_string());
                 }
             }
@@ -578,6 +615,16 @@ impl Pipeline {
         self.p.producer.flush(Duration::from_secs(2));
         self.publish_metrics();
         result
+    }
+}
+
+/// Adds one to `counts[name]` without allocating a key each time.
+fn bump(counts: &mut HashMap<String, u64>, name: &str) {
+    match counts.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(name.to_string(), 1);
+        }
     }
 }
 

@@ -180,7 +180,7 @@ pub fn consumer(k: &KafkaSection, store: Store, metrics: Arc<Metrics>) -> Result
         .set("partition.assignment.strategy", "range")
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "10");
     for (key, v) in &k.options {
         c.set(key, v);
     }

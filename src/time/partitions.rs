@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// A partition: topic and partition number.
-pub type PartitionId = (String, i32);
+/// A partition, named `topic/partition`.
+pub type PartitionId = str;
 
 /// A stream's watermark, as partitions report it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,10 +52,6 @@ pub struct PartitionClocks {
     clocks: BTreeMap<String, Clock>,
 }
 
-fn name(id: &PartitionId) -> String {
-    format!("{}/{}", id.0, id.1)
-}
-
 impl PartitionClocks {
     /// `lateness` and `idle_after` in milliseconds.
     pub fn new(lateness: i64, idle_after: u64) -> Self {
@@ -70,7 +66,7 @@ impl PartitionClocks {
     /// record or goes idle. A partition already known keeps its clock.
     pub fn assign(&mut self, id: &PartitionId, now: u64) {
         self.clocks
-            .entry(name(id))
+            .entry(id.to_string())
             .and_modify(|c| c.last_seen = now)
             .or_insert(Clock {
                 newest: i64::MIN,
@@ -79,7 +75,7 @@ impl PartitionClocks {
     }
 
     pub fn revoke(&mut self, id: &PartitionId) {
-        self.clocks.remove(&name(id));
+        self.clocks.remove(id);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -89,16 +85,16 @@ impl PartitionClocks {
     /// Events of partition `id` older than this are late.
     pub fn late_before(&self, id: &PartitionId) -> i64 {
         self.clocks
-            .get(&name(id))
+            .get(id)
             .map_or(i64::MIN, |c| c.newest.saturating_sub(self.lateness))
     }
 
     /// A record of `id` was read (`time`: its event time, if it had one).
     pub fn observe(&mut self, id: &PartitionId, time: Option<i64>, now: u64) {
-        let c = self.clocks.entry(name(id)).or_insert(Clock {
-            newest: i64::MIN,
-            last_seen: now,
-        });
+        if !self.clocks.contains_key(id) {
+            self.assign(id, now);
+        }
+        let c = self.clocks.get_mut(id).expect("just assigned");
         c.last_seen = now;
         if let Some(t) = time {
             c.newest = c.newest.max(t);
@@ -146,8 +142,8 @@ impl PartitionClocks {
 mod tests {
     use super::*;
 
-    fn p(n: i32) -> PartitionId {
-        ("t".to_string(), n)
+    fn p(n: i32) -> String {
+        format!("t/{n}")
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! move past it — while a fatal one (record too large, topic invalid, not
 //! authorised) is handed back for the caller to dead-letter.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -16,7 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use crate::service::metrics::Metrics;
+use crate::service::metrics::SinkCounters;
 
 /// A record to write.
 #[derive(Clone, Debug)]
@@ -30,7 +29,6 @@ pub struct Outgoing {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
-    metrics: Arc<Metrics>,
 }
 
 /// Whether trying again can help.
@@ -60,7 +58,6 @@ impl Producer {
     pub fn new(
         brokers: &str,
         options: &std::collections::BTreeMap<String, String>,
-        metrics: Arc<Metrics>,
     ) -> Result<Producer, KafkaError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", brokers)
@@ -71,10 +68,7 @@ impl Producer {
         for (k, v) in options {
             c.set(k, v);
         }
-        Ok(Producer {
-            inner: c.create()?,
-            metrics,
-        })
+        Ok(Producer { inner: c.create()? })
     }
 
     fn enqueue(&self, msg: &Outgoing) -> Result<DeliveryFuture, KafkaError> {
@@ -95,13 +89,13 @@ impl Producer {
     }
 
     /// Delivers `msg`, retrying what is retryable; `Err` only for a fatal
-    /// error. `sink` names the destination in metrics. The record is queued
+    /// error, counted in `counters`. The record is queued
     /// in the producer before this returns, so records delivered one after
     /// another keep their order (unless one needs a retry).
     pub fn deliver(
         &self,
         msg: Outgoing,
-        sink: String,
+        counters: SinkCounters,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send + 'static {
         let first = self.enqueue(&msg);
         let this = self.clone();
@@ -112,8 +106,7 @@ impl Producer {
                 let error = match attempt {
                     Ok(delivery) => match delivery.await {
                         Ok(Ok(_)) => {
-                            this.metrics
-                                .inc("cep_sink_successes_total", &[("sink", &sink)]);
+                            counters.successes.inc();
                             return Ok(());
                         }
                         Ok(Err((e, _))) => e,
@@ -122,13 +115,11 @@ impl Producer {
                     Err(e) => e,
                 };
                 if is_fatal(&error) {
-                    this.metrics
-                        .inc("cep_sink_failures_total", &[("sink", &sink)]);
+                    counters.failures.inc();
                     return Err(format!("kafka rejected the record: {error}"));
                 }
-                this.metrics
-                    .inc("cep_sink_retries_total", &[("sink", &sink)]);
-                tracing::warn!(sink, topic = %msg.topic, %error, "retrying a kafka write");
+                counters.retries.inc();
+                tracing::warn!(topic = %msg.topic, %error, "retrying a kafka write");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
                 attempt = this.enqueue(&msg);

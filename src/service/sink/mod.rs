@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{DeadLetterConfig, SinkConfig};
 use crate::engine::Alert;
 use crate::service::ledger::{Ledger, Ticket};
-use crate::service::metrics::Metrics;
+use crate::service::metrics::{Metrics, SinkCounters};
 use kafka::{Outgoing, Producer};
 
 /// An alert as the sinks see it: serialised once, shared by every sink.
@@ -139,6 +140,7 @@ enum Kind {
 }
 
 async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: SinkEnv) {
+    let counters = env.metrics.sink(&name);
     match kind {
         Kind::Stdout => {
             while let Some(d) = rx.recv().await {
@@ -150,8 +152,7 @@ async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: Si
                 if let Err(e) = ok {
                     tracing::error!(sink = %name, error = %e, "stdout is gone");
                 }
-                env.metrics
-                    .inc("cep_sink_successes_total", &[("sink", &name)]);
+                counters.successes.inc();
                 env.ledger.settle(d.ticket);
             }
         }
@@ -167,8 +168,7 @@ async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: Si
                     match append_lines(&path, batch.iter().map(|d| d.alert.body.as_slice())) {
                         Ok(()) => break,
                         Err(e) => {
-                            env.metrics
-                                .inc("cep_sink_retries_total", &[("sink", &name)]);
+                            counters.retries.inc();
                             tracing::error!(sink = %name, path = %path.display(), error = %e, "retrying a file write");
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -176,30 +176,34 @@ async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: Si
                     }
                 }
                 for d in batch {
-                    env.metrics
-                        .inc("cep_sink_successes_total", &[("sink", &name)]);
+                    counters.successes.inc();
                     env.ledger.settle(d.ticket);
                 }
             }
         }
         Kind::Kafka(producer, topic, dead) => {
-            // Deliveries run concurrently (librdkafka batches them); the
-            // semaphore bounds how many are in flight.
-            let slots = Arc::new(tokio::sync::Semaphore::new(4096));
-            let dead = Arc::new(dead);
-            while let Some(d) = rx.recv().await {
-                let permit = slots.clone().acquire_owned().await.expect("open");
-                let delivery = producer.deliver(alert_record(&topic, &d.alert), name.clone());
-                let (dead, env) = (dead.clone(), env.clone());
-                tokio::spawn(async move {
-                    if let Err(reason) = delivery.await {
-                        dead.write(&d.alert, &reason).await;
+            // Deliveries are queued in the producer in order (librdkafka
+            // batches them) and awaited here together, up to a bound.
+            const IN_FLIGHT: usize = 4096;
+            let mut in_flight = FuturesUnordered::new();
+            let mut open = true;
+            while open || !in_flight.is_empty() {
+                tokio::select! {
+                    d = rx.recv(), if open && in_flight.len() < IN_FLIGHT => match d {
+                        Some(d) => {
+                            let delivery = producer.deliver(alert_record(&topic, &d.alert), counters.clone());
+                            in_flight.push(async move { (delivery.await, d) });
+                        }
+                        None => open = false,
+                    },
+                    Some((result, d)) = in_flight.next(), if !in_flight.is_empty() => {
+                        if let Err(reason) = result {
+                            dead.write(&d.alert, &reason).await;
+                        }
+                        env.ledger.settle(d.ticket);
                     }
-                    env.ledger.settle(d.ticket);
-                    drop(permit);
-                });
+                }
             }
-            let _ = slots.acquire_many(4096).await;
         }
         Kind::Webhook(hook, dead) => hook.run(rx, dead, env).await,
     }
@@ -243,7 +247,7 @@ fn append_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a [u8]>) -> std::
 /// Where a sink puts alerts it cannot deliver.
 pub enum DeadLetter {
     File(PathBuf),
-    Topic(Producer, String),
+    Topic(Producer, String, SinkCounters),
 }
 
 impl DeadLetter {
@@ -258,6 +262,7 @@ impl DeadLetter {
                     format!("sinks.{sink}.dead_letter.topic: needs a [kafka] section")
                 })?,
                 t.clone(),
+                env.metrics.sink(&format!("{sink}-dead-letter")),
             )),
             Some(DeadLetterConfig { file: Some(f), .. }) => Ok(DeadLetter::File(f.clone())),
             _ => Ok(DeadLetter::File(
@@ -278,11 +283,11 @@ impl DeadLetter {
                     let line = serde_json::json!({"reason": reason, "alert": alert}).to_string();
                     append_lines(path, std::iter::once(line.as_bytes())).map_err(|e| e.to_string())
                 }
-                DeadLetter::Topic(p, topic) => {
+                DeadLetter::Topic(p, topic, counters) => {
                     let mut msg = alert_record(topic, a);
                     msg.headers
                         .push(("cep-reason".into(), reason.as_bytes().to_vec()));
-                    p.deliver(msg, "dead-letter".into()).await
+                    p.deliver(msg, counters.clone()).await
                 }
             };
             match result {

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::{AlertOut, DeadLetter, Delivery, SinkEnv};
 use crate::config::service::WebhookSink;
+use crate::service::metrics::SinkCounters;
 
 pub const SIGNATURE_HEADER: &str = "X-Cep-Signature";
 
@@ -84,13 +85,14 @@ impl Webhook {
         let hook = Arc::new(self);
         let dead = Arc::new(dead);
         let slots = Arc::new(Semaphore::new(hook.concurrency));
+        let counters = env.metrics.sink(&hook.name);
         while let Some(d) = rx.recv().await {
             let permit = slots.clone().acquire_owned().await.expect("open");
-            let (hook, dead, env) = (hook.clone(), dead.clone(), env.clone());
+            let (hook, dead, env, counters) =
+                (hook.clone(), dead.clone(), env.clone(), counters.clone());
             tokio::spawn(async move {
-                if let Err(reason) = hook.deliver(&d.alert, &env).await {
-                    env.metrics
-                        .inc("cep_sink_failures_total", &[("sink", &hook.name)]);
+                if let Err(reason) = hook.deliver(&d.alert, &counters).await {
+                    counters.failures.inc();
                     dead.write(&d.alert, &reason).await;
                 }
                 env.ledger.settle(d.ticket);
@@ -100,13 +102,12 @@ impl Webhook {
         let _ = slots.acquire_many(hook.concurrency as u32).await;
     }
 
-    async fn deliver(&self, a: &AlertOut, env: &SinkEnv) -> Result<(), String> {
+    async fn deliver(&self, a: &AlertOut, counters: &SinkCounters) -> Result<(), String> {
         let mut attempt = 0;
         loop {
             match self.post(a).await {
                 Ok(()) => {
-                    env.metrics
-                        .inc("cep_sink_successes_total", &[("sink", &self.name)]);
+                    counters.successes.inc();
                     return Ok(());
                 }
                 Err(Failure::Final(reason)) => return Err(reason),
@@ -114,8 +115,7 @@ impl Webhook {
                     return Err(format!("gave up after {} attempts: {reason}", attempt + 1))
                 }
                 Err(Failure::Retry(reason)) => {
-                    env.metrics
-                        .inc("cep_sink_retries_total", &[("sink", &self.name)]);
+                    counters.retries.inc();
                     tracing::warn!(sink = %self.name, alert_id = %a.id, attempt, %reason, "retrying a webhook");
                     tokio::time::sleep(self.backoff(attempt, &a.id)).await;
                     attempt += 1;

@@ -1,0 +1,475 @@
+//! `cep serve` against a real broker (tansu, memory storage, loopback):
+//!
+//! - `service/passthrough`: a plain rdkafka consume → produce loop copying
+//!   every record of the input topic to an output topic;
+//! - `service/cep_every_event`: `cep serve` on the same topic with a pattern
+//!   that alerts on every event, so it writes as many records as the
+//!   pass-through — the ratio of the two is the overhead figure;
+//! - `service/cep_fraud`: the four fraud patterns (few alerts), for scale.
+//!
+//! Each clock starts when the consumer is assigned its partitions and stops
+//! when the last output is acknowledged by the broker. After criterion's
+//! groups, a fixed-rate run prints event → alert latency percentiles.
+//!
+//! Needs tansu (`scripts/install-tansu.sh`). Run: `cargo bench --bench service`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientContext;
+
+use cep::config::Config;
+use cep::service::Probes;
+
+const EVENTS: usize = 100_000;
+const PARTITIONS: i32 = 3;
+
+struct Broker {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tansu() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let p = home.join("bin/tansu");
+    assert!(p.exists(), "tansu not found: run scripts/install-tansu.sh");
+    p
+}
+
+fn start_broker() -> Broker {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("cep-bench-broker-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu())
+        .current_dir(&dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Broker { child, port, dir }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Card events, every one with an amount, then one far-future event per
+/// partition (no amount: matches nothing) that moves every watermark past
+/// the data.
+fn load(brokers: &str, rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        for t in ["in", "pt-out", "cep-out"] {
+            cep::service::produce::create_topic(brokers, t, PARTITIONS)
+                .await
+                .unwrap();
+        }
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "500000")
+            .create()
+            .unwrap();
+        let events = cep::gen::CardGen::new(EVENTS, 20_000, 5).generate();
+        let mut pending = Vec::new();
+        let mut last = 0;
+        for e in &events {
+            last = cep::gen::ts_of(e);
+            let key = e["card"]["id"].as_str().unwrap().to_string();
+            let bytes = serde_json::to_vec(e).unwrap();
+            pending.push(
+                p.send_result(FutureRecord::to("in").key(&key).payload(&bytes))
+                    .unwrap(),
+            );
+        }
+        for part in 0..PARTITIONS {
+            let end = serde_json::to_vec(&serde_json::json!({
+                "card": {"id": "~end"}, "ts": last + 86_400_000
+            }))
+            .unwrap();
+            pending.push(
+                p.send_result(
+                    FutureRecord::<str, _>::to("in")
+                        .partition(part)
+                        .payload(&end),
+                )
+                .unwrap(),
+            );
+        }
+        for f in pending {
+            f.await.unwrap().unwrap();
+        }
+    });
+}
+
+struct Assigned(Mutex<Option<Instant>>);
+impl ClientContext for Assigned {}
+impl ConsumerContext for Assigned {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            if tpl.count() > 0 {
+                *self.0.lock().unwrap() = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Copies every input record to `out`; time from assignment to the last ack.
+fn passthrough(brokers: &str, rt: &tokio::runtime::Runtime, run: usize) -> Duration {
+    rt.block_on(async {
+        let c: StreamConsumer<Assigned> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("pt-{run}"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .create_with_context(Assigned(Mutex::new(None)))
+            .unwrap();
+        c.subscribe(&["in"]).unwrap();
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "500000")
+            .create()
+            .unwrap();
+        let total = EVENTS + PARTITIONS as usize;
+        let mut pending = Vec::with_capacity(total);
+        while pending.len() < total {
+            let m = c.recv().await.unwrap();
+            let rec = FutureRecord::to("pt-out")
+                .payload(m.payload().unwrap_or_default())
+                .key(m.key().unwrap_or_default());
+            pending.push(p.send_result(rec).map_err(|(e, _)| e).unwrap());
+        }
+        for f in pending {
+            f.await.unwrap().unwrap();
+        }
+        let t0 = c.context().0.lock().unwrap().expect("assigned");
+        p.flush(Duration::from_secs(10)).unwrap();
+        t0.elapsed()
+    })
+}
+
+const EVERY_EVENT: &str = r#"
+pattern every_event
+  from in key card.id time ts
+  match x
+  define x as amount >= 0
+  emit amount = x.amount
+end
+"#;
+
+fn service_config(brokers: &str, state: &Path, run: &str, http: u16) -> Config {
+    Config::parse(&format!(
+        r#"
+[engine]
+lateness = "0s"
+[serve]
+state_dir = "{state}"
+listen = "127.0.0.1:{http}"
+default_sinks = ["out"]
+checkpoint_interval = "1s"
+[kafka]
+brokers = "{brokers}"
+group_id = "cep-{run}"
+instance_id = "bench-{run}"
+[[kafka.inputs]]
+topic = "in"
+[sinks.out]
+type = "kafka"
+topic = "cep-out"
+"#,
+        state = state.display()
+    ))
+    .unwrap()
+}
+
+/// Runs `cep serve` until it has delivered `alerts` alerts; time from
+/// assignment to the last ack.
+fn cep_run(
+    brokers: &str,
+    rt: &tokio::runtime::Runtime,
+    run: &str,
+    source: &str,
+    alerts: f64,
+) -> Duration {
+    let state = std::env::temp_dir().join(format!("cep-bench-state-{run}"));
+    let _ = std::fs::remove_dir_all(&state);
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = service_config(brokers, &state, run, http);
+    let automata = cep::compiler::compile_source("bench", source).unwrap();
+    let probes = Probes::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let p = probes.clone();
+    let server = rt.spawn(async move {
+        cep::service::serve_with(
+            config,
+            automata,
+            async {
+                let _ = stopped.await;
+            },
+            p,
+        )
+        .await
+    });
+    while !probes.health.ready.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let t0 = Instant::now();
+    let delivered = || {
+        probes
+            .metrics
+            .get("cep_sink_successes_total", &[("sink", "out")])
+    };
+    while delivered() < alerts {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "stuck at {}",
+            delivered()
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let took = t0.elapsed();
+    let _ = stop.send(());
+    rt.block_on(server).unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&state);
+    took
+}
+
+fn fraud_source() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/fraud");
+    let mut s = String::new();
+    for f in cep::cli::pattern_files(&dir) {
+        s.push_str(
+            &std::fs::read_to_string(f)
+                .unwrap()
+                .replace("from cards", "from in"),
+        );
+        s.push('\n');
+    }
+    s
+}
+
+/// Alerts the fraud patterns raise on the bench stream (from `replay`).
+fn fraud_alerts() -> f64 {
+    let automata = cep::compiler::compile_source("bench", &fraud_source()).unwrap();
+    let mut engine = cep::engine::Engine::new(automata, Default::default());
+    let mut out = cep::engine::Output::default();
+    for (n, e) in cep::gen::CardGen::new(EVENTS, 20_000, 5)
+        .generate()
+        .iter()
+        .enumerate()
+    {
+        engine.push(None, &Arc::new(e.clone()), n as u64, &mut out);
+    }
+    engine.flush(&mut out);
+    out.alerts.len() as f64
+}
+
+fn bench_service(c: &mut Criterion) {
+    let broker = start_broker();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let rt = rt();
+    load(&brokers, &rt);
+    let fraud = fraud_alerts();
+    let mut g = c.benchmark_group("service");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Elements(EVENTS as u64));
+    let mut run = 0;
+    g.bench_function("passthrough", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    run += 1;
+                    passthrough(&brokers, &rt, run)
+                })
+                .sum()
+        })
+    });
+    g.bench_function("cep_every_event", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    run += 1;
+                    cep_run(
+                        &brokers,
+                        &rt,
+                        &format!("e{run}"),
+                        EVERY_EVENT,
+                        EVENTS as f64,
+                    )
+                })
+                .sum()
+        })
+    });
+    let fraud_src = fraud_source();
+    g.bench_function("cep_fraud", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    run += 1;
+                    cep_run(&brokers, &rt, &format!("f{run}"), &fraud_src, fraud)
+                })
+                .sum()
+        })
+    });
+    g.finish();
+    drop(broker);
+    latency();
+}
+
+/// Events at a fixed rate into a fresh topic (one partition, lateness 0);
+/// each alert carries its event's send time; a reader of the alert topic
+/// measures event → alert latency. An event is matched once a later one has
+/// arrived (the watermark must pass it), so the inter-arrival time (1 ms
+/// here) is part of the figure.
+fn latency() {
+    const RATE: u64 = 1_000;
+    const SECONDS: u64 = 10;
+    let broker = start_broker();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let rt = rt();
+    rt.block_on(cep::service::produce::create_topic(&brokers, "in", 1))
+        .unwrap();
+    let state = std::env::temp_dir().join("cep-bench-latency");
+    let _ = std::fs::remove_dir_all(&state);
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = service_config(&brokers, &state, "latency", http);
+    let source = EVERY_EVENT.replace("emit amount = x.amount", "emit sent = x.sent");
+    let automata = cep::compiler::compile_source("bench", &source).unwrap();
+    let probes = Probes::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let p = probes.clone();
+    let server = rt.spawn(async move {
+        cep::service::serve_with(
+            config,
+            automata,
+            async {
+                let _ = stopped.await;
+            },
+            p,
+        )
+        .await
+    });
+    while !probes.health.ready.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    };
+    // A reader of the alert topic, started before the first event.
+    let reader_brokers = brokers.clone();
+    let reader = std::thread::spawn(move || {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &reader_brokers)
+            .set("group.id", "latency-reader")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.min.bytes", "1")
+            .create()
+            .unwrap();
+        c.subscribe(&["cep-out"]).unwrap();
+        let mut lat = Vec::new();
+        let t0 = Instant::now();
+        while lat.len() < (RATE * SECONDS - 1) as usize
+            && t0.elapsed() < Duration::from_secs(SECONDS + 60)
+        {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let now = wall();
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                lat.push(now - v["fields"]["sent"].as_i64().unwrap());
+            }
+        }
+        lat
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    for n in 0..RATE * SECONDS {
+        let due = start + Duration::from_micros(n * 1_000_000 / RATE);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        producer.poll(Duration::ZERO);
+        let sent = wall();
+        let e = serde_json::to_vec(&serde_json::json!({
+            "card": {"id": format!("c{}", n % 100)}, "ts": sent / 1000, "amount": 1.0, "sent": sent
+        }))
+        .unwrap();
+        let _ = producer.send(rdkafka::producer::BaseRecord::<str, _>::to("in").payload(&e));
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let mut lat = reader.join().unwrap();
+    let _ = stop.send(());
+    let _ = rt.block_on(server);
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    eprintln!(
+        "service/latency: {} alerts at {RATE} events/s, lateness 0: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+criterion_group!(benches, bench_service);
+criterion_main!(benches);
