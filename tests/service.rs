@@ -431,3 +431,221 @@ fn malformed_records_go_to_the_dead_letter_topic_and_late_ones_to_the_late_topic
     assert_eq!(alerts[0].json()["fields"]["large_amount"], 700.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The four flight patterns over January 2013 as `cep produce` loads it
+/// (CSV rows as JSON, keyed by aircraft): the same alerts as `cep replay`
+/// over the same JSON, through a Kafka sink and a file sink at once.
+#[test]
+fn flight_patterns_end_to_end_equal_replay_with_a_file_sink_too() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "flights", 3);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("flights");
+
+    let (records, _) = cep::input::open(
+        repo("data/flights-2013-01.csv").to_str().unwrap(),
+        cep::input::Format::Csv,
+        &["NA".to_string()],
+    )
+    .unwrap();
+    let docs: Vec<serde_json::Value> = records
+        .map(|r| r.unwrap().payload.into_doc().unwrap())
+        .collect();
+    // An on-time flight far in the future closes every window (it is no
+    // cancellation, no delay: it matches nothing itself).
+    // Each aircraft's flights on one partition (chosen here, so that the
+    // replay below can be given the same order). Flights of one hour are
+    // ties in event time; the service breaks ties by (partition, offset),
+    // and so does a replay of the partitions one after another with a
+    // lateness that buffers the whole month.
+    let part = |d: &serde_json::Value| -> usize {
+        let tail = d["tailnum"].as_str().unwrap_or("");
+        (cep::event::stable_hash(tail.as_bytes(), 0) % 3) as usize
+    };
+    let sentinel = |p: usize| {
+        serde_json::to_vec(&serde_json::json!({
+            "tailnum": format!("~end-{p}"), "carrier": "~", "origin": "~",
+            "dest": "~", "dep_delay": 0, "arr_delay": 0, "dep_time": 0,
+            "time_hour": "2013-03-01T00:00:00Z"
+        }))
+        .unwrap()
+    };
+    let mut by_partition: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 3];
+    for d in &docs {
+        by_partition[part(d)].push(serde_json::to_vec(d).unwrap());
+    }
+    for (p, records) in by_partition.iter_mut().enumerate() {
+        records.push(sentinel(p));
+    }
+    let mut out = Vec::new();
+    for (p, records) in by_partition.iter().enumerate() {
+        for r in records {
+            out.push(Out {
+                partition: Some(p as i32),
+                key: None,
+                value: r,
+            });
+        }
+    }
+    produce(&b, "flights", &out);
+    write_jsonl(&dir.join("events.jsonl"), &by_partition.concat());
+    let want = replay(
+        &repo("patterns/flights"),
+        &dir.join("events.jsonl"),
+        "10000h",
+    );
+    assert!(want.len() > 100, "{} alerts", want.len());
+
+    let cfg = format!(
+        r#"
+[engine]
+lateness = "1d"
+[serve]
+patterns = "{patterns}"
+listen = "127.0.0.1:{{HTTP}}"
+default_sinks = ["alerts", "archive"]
+checkpoint_interval = "500ms"
+[kafka]
+brokers = "{b}"
+group_id = "flights-test"
+[[kafka.inputs]]
+topic = "flights"
+[sinks.alerts]
+type = "kafka"
+topic = "alerts"
+[sinks.archive]
+type = "file"
+path = "archive/alerts.jsonl"
+"#,
+        patterns = repo("patterns/flights").display()
+    );
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(120), |g| {
+        g.len() >= want.len()
+    });
+    let got_by_id = alerts_by_id(&got);
+    if ids(&got_by_id) != ids(&want) {
+        let dump = |m: &BTreeMap<String, serde_json::Value>| {
+            m.values().map(|v| v.to_string() + "\n").collect::<String>()
+        };
+        std::fs::write(dir.join("got.jsonl"), dump(&got_by_id)).unwrap();
+        std::fs::write(dir.join("want.jsonl"), dump(&want)).unwrap();
+    }
+    assert_eq!(ids(&got_by_id), ids(&want), "\n{}", serve.log());
+    for (id, a) in &want {
+        assert_eq!(&got_by_id[id], a, "alert {id} differs");
+    }
+    // Rows without a tail number cannot be keyed by the tailnum patterns:
+    // dead-lettered with the reason, and still seen by the carrier pattern.
+    let no_tail = docs.iter().filter(|d| d.get("tailnum").is_none()).count();
+    assert!(no_tail > 0);
+    let dead = consume_until(&b, "cep-dead-letter", Duration::from_secs(30), |g| {
+        g.len() >= no_tail
+    });
+    assert_eq!(dead.len(), no_tail);
+    assert!(dead[0].headers["cep-reason"].contains("missing key field `tailnum`"));
+
+    serve.signal("-TERM");
+    assert!(
+        serve.wait(Duration::from_secs(30)).success(),
+        "{}",
+        serve.log()
+    );
+    let archived: BTreeSet<String> = std::fs::read_to_string(dir.join("archive/alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["alert_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(archived, ids(&want), "the file sink has every alert too");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Keys from the Kafka message key and times from the record timestamp,
+/// for events that carry neither; late events dropped and counted.
+#[test]
+fn message_keys_and_record_timestamps_with_late_events_dropped() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "payments", 1);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("msgkey");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    std::fs::write(
+        dir.join("patterns/p.cep"),
+        r#"
+pattern small_then_large
+  from cards key card.id time ts within 5m
+  match small then large
+  define small as amount < 10, large as amount > 500
+  emit small_amount = small.amount, large_amount = large.amount
+end
+"#,
+    )
+    .unwrap();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create()
+        .unwrap();
+    let t0 = 1_700_000_000_000i64;
+    // (key, record timestamp, amount)
+    let rows = [
+        ("alice", t0, 5.0),
+        ("bob", t0 + 1_000, 7.0),
+        ("alice", t0 + 60_000, 900.0), // alice: small then large within 5m
+        ("bob", t0 + 400_000, 800.0),  // bob: too late for the window
+        ("carol", t0 + 10_000, 1.0),   // 390 s behind: late (lateness 1m)
+        ("dave", t0 + 500_000, 1.0),
+    ];
+    for (k, ts, amount) in rows {
+        let v = serde_json::to_vec(&serde_json::json!({"amount": amount})).unwrap();
+        p.send(BaseRecord::to("payments").key(k).payload(&v).timestamp(ts))
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let cfg = format!(
+        r#"
+[engine]
+lateness = "1m"
+[serve]
+patterns = "patterns"
+listen = "127.0.0.1:{{HTTP}}"
+default_sinks = ["alerts"]
+[kafka]
+brokers = "{b}"
+late_events = "drop"
+[[kafka.inputs]]
+topic = "payments"
+stream = "cards"
+key = "message"
+time = "timestamp"
+[sinks.alerts]
+type = "kafka"
+topic = "alerts"
+"#
+    );
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(60), |g| !g.is_empty());
+    assert_eq!(got.len(), 1, "{}", serve.log());
+    let a = got[0].json();
+    assert_eq!(a["key"], "alice");
+    assert_eq!(a["start_ms"], t0);
+    assert_eq!(a["fields"]["large_amount"], 900.0);
+    let t = Instant::now();
+    while serve.metric("cep_late_events_total", "stream=\"cards\"") < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", serve.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(serve.metric("cep_decode_errors_total", ""), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
