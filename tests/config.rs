@@ -1,0 +1,90 @@
+//! `config.toml`: the shipped file works, unknown keys are rejected, and
+//! every validation error names its key.
+
+use cep::config::{Config, SinkConfig};
+
+fn err(text: &str) -> String {
+    Config::parse(text).expect_err("rejected")
+}
+
+const KAFKA: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[[kafka.inputs]]
+topic = "flights"
+"#;
+
+#[test]
+fn the_shipped_config_is_a_working_example() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+    let c = Config::load(&path).unwrap();
+    let k = c.kafka.as_ref().unwrap();
+    assert_eq!(k.inputs[0].stream(), "flights");
+    assert!(matches!(c.sinks["alerts"], SinkConfig::Kafka(_)));
+    assert_eq!(c.serve.default_sinks, ["alerts", "stdout"]);
+    assert_eq!(c.engine_config().unwrap().lateness_ms, 86_400_000);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let e = err(&format!("{KAFKA}\nbogus_key = 1\n"));
+    assert!(e.contains("bogus_key"), "{e}");
+    let e = err(&format!(
+        "{KAFKA}\n[sinks.ops]\ntype = \"webhook\"\nurl = \"http://x\"\nretries = 3\n"
+    ));
+    assert!(e.contains("retries"), "{e}");
+    let e = err("[serve]\nlisten_on = \"x\"\n");
+    assert!(e.contains("listen_on"), "{e}");
+}
+
+#[test]
+fn validation_errors_name_the_key() {
+    let cases = [
+        (
+            format!("{KAFKA}\n[serve]\ndefault_sinks = [\"nowhere\"]\n"),
+            "serve.default_sinks: unknown sink `nowhere`",
+        ),
+        (
+            format!("{KAFKA}\n[serve.routes]\ndelayed = [\"ops\"]\n"),
+            "serve.routes.delayed: unknown sink `ops`",
+        ),
+        (
+            format!("{KAFKA}\n[sinks.ops]\ntype = \"webhook\"\nurl = \"ftp://x\"\n"),
+            "sinks.ops.url: expected an http:// or https:// URL",
+        ),
+        (
+            format!(
+                "{KAFKA}\n[sinks.ops]\ntype = \"webhook\"\nurl = \"http://x\"\n[sinks.ops.dead_letter]\ntopic = \"a\"\nfile = \"b\"\n"
+            ),
+            "sinks.ops.dead_letter: give exactly one of `topic` or `file`",
+        ),
+        (
+            "[sinks.k]\ntype = \"kafka\"\ntopic = \"a\"\n".to_string(),
+            "sinks.k: a kafka sink needs a [kafka] section",
+        ),
+        (
+            "[kafka]\nbrokers = \"x\"\ninputs = []\n".to_string(),
+            "kafka.inputs: give at least one input topic",
+        ),
+        (
+            "[engine]\nlateness = \"soon\"\n".to_string(),
+            "engine.lateness",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.contains(want), "{e:?} should contain {want:?}");
+    }
+    // A bad duration names the key (toml points at it).
+    let e = err(&format!("{KAFKA}idle_timeout = \"5 minutes\"\n"));
+    assert!(e.contains("idle_timeout") || e.contains("5 minutes"), "{e}");
+}
+
+#[test]
+fn kafka_options_come_from_the_environment_too() {
+    // A name no other test uses: the environment is shared by the threads.
+    std::env::set_var("CEP_KAFKA_OPTION_CLIENT_RACK", "rack-7");
+    let c = Config::parse(KAFKA).unwrap();
+    std::env::remove_var("CEP_KAFKA_OPTION_CLIENT_RACK");
+    assert_eq!(c.kafka.unwrap().options["client.rack"], "rack-7");
+}
