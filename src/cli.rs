@@ -257,8 +257,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn serve(config: &Path, patterns: Option<PathBuf>) -> Result<i32, String> {
     let config = Config::load(config)?;
     crate::service::init_logging(config.serve.log_format);
+    let mut config = config;
     let path = patterns.unwrap_or_else(|| config.serve.patterns.clone());
-    let automata = load_patterns(&path)?;
+    config.serve.patterns = path.clone();
+    // An empty directory is a valid start: patterns can arrive over the API.
+    let automata = if pattern_files(&path).is_empty() {
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        tracing::warn!(path = %path.display(), "no pattern files: starting with none");
+        Vec::new()
+    } else {
+        load_patterns(&path)?
+    };
     tracing::info!(patterns = automata.len(), path = %path.display(), "patterns loaded");
     let rt = runtime()?;
     rt.block_on(crate::service::serve(

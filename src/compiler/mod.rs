@@ -38,6 +38,18 @@ impl std::ops::Deref for Automaton {
     }
 }
 
+impl Automaton {
+    /// The same pattern under another version and mode (the pattern
+    /// registry numbers versions and switches shadow mode; the automaton is
+    /// otherwise unchanged, so run state carries over on a mode switch).
+    pub fn with_meta(&self, version: u32, shadow: bool) -> Automaton {
+        let mut inner = (*self.0).clone();
+        inner.version = version;
+        inner.shadow = shadow;
+        Automaton(Arc::new(inner))
+    }
+}
+
 /// After-match skip, resolved to variables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipPlan {
@@ -48,7 +60,7 @@ pub enum SkipPlan {
     ToLast(VarId),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Inner {
     pub name: String,
     pub version: u32,

@@ -109,6 +109,9 @@ impl Config {
             .engine_config()
             .map_err(|e| format!("engine.lateness: {e}"))?;
         service::validate(&config.serve, config.kafka.as_ref(), &config.sinks)?;
+        if let Ok(t) = std::env::var("CEP_API_TOKEN") {
+            config.serve.api_token = Some(t);
+        }
         if let Some(k) = &mut config.kafka {
             if let Ok(b) = std::env::var("CEP_KAFKA_BROKERS") {
                 k.brokers = b;

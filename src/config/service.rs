@@ -42,6 +42,18 @@ pub struct ServeSection {
     /// `RUST_LOG` (default `info`). Default `"text"`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Bearer token the pattern API's changing requests (PUT, DELETE, mode
+    /// switches) must carry. The environment variable `CEP_API_TOKEN` wins
+    /// over it. Without a token those requests are refused, unless
+    /// `api_unauthenticated` is set.
+    pub api_token: Option<String>,
+    /// Accept changing API requests without a token. Only allowed when
+    /// `listen` is a loopback address. Default false.
+    #[serde(default)]
+    pub api_unauthenticated: bool,
+    /// Largest pattern source a request may carry, in bytes. Default 65536.
+    #[serde(default = "default_api_body")]
+    pub api_max_body: usize,
     /// Sinks (names under `[sinks]`) for alerts of patterns without a
     /// route. Default `["stdout"]`, a built-in sink.
     #[serde(default = "default_sinks")]
@@ -267,6 +279,9 @@ pub struct DeadLetterConfig {
     pub file: Option<PathBuf>,
 }
 
+fn default_api_body() -> usize {
+    64 * 1024
+}
 fn yes() -> bool {
     true
 }
@@ -331,6 +346,12 @@ pub fn validate(
     kafka: Option<&KafkaSection>,
     sinks: &BTreeMap<String, SinkConfig>,
 ) -> Result<(), String> {
+    if serve.api_unauthenticated && !serve.listen.ip().is_loopback() {
+        return Err(format!(
+            "serve.api_unauthenticated: only allowed on a loopback address, not {}",
+            serve.listen
+        ));
+    }
     let known = |name: &str| name == "stdout" || sinks.contains_key(name);
     for s in &serve.default_sinks {
         if !known(s) {

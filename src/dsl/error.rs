@@ -102,6 +102,49 @@ impl Diagnostics {
     }
 }
 
+/// One diagnostic as the REST API returns it: the same facts the CLI
+/// prints, as fields.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiagnosticJson {
+    pub line: usize,
+    pub column: usize,
+    /// Line and column just past the span.
+    pub end: LineCol,
+    pub message: String,
+    pub hint: Option<String>,
+    /// The rendered text: source line and caret.
+    pub snippet: String,
+}
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct LineCol {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Diagnostics {
+    pub fn to_json(&self) -> Vec<DiagnosticJson> {
+        self.errors
+            .iter()
+            .map(|d| {
+                let (line, column) = d.line_col(&self.source);
+                let (el, ec) = line_col(&self.source, d.span.end.max(d.span.start));
+                DiagnosticJson {
+                    line,
+                    column,
+                    end: LineCol {
+                        line: el,
+                        column: ec,
+                    },
+                    message: d.message.clone(),
+                    hint: d.hint.clone(),
+                    snippet: d.render(&self.origin, &self.source),
+                }
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.render())

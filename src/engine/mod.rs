@@ -476,6 +476,33 @@ impl Engine {
             .collect()
     }
 
+    /// Replaces the pattern set between two events. A pattern whose name
+    /// and source are unchanged keeps its state (runs, buffered events,
+    /// counters) even if its version or mode changed; a new or changed one
+    /// starts afresh, its buffer at the watermark of the pattern it
+    /// replaces. Returns the names that started afresh.
+    pub fn swap_patterns(&mut self, automata: Vec<Automaton>) -> Vec<String> {
+        let mut old: Vec<(Automaton, PatternState)> = std::mem::take(&mut self.patterns);
+        let mut next = Engine::new(automata, self.config);
+        let mut fresh = Vec::new();
+        for (a, st) in &mut next.patterns {
+            let keep = old
+                .iter()
+                .position(|(o, _)| o.name == a.name && o.source_hash == a.source_hash);
+            match keep {
+                Some(i) => *st = old.swap_remove(i).1,
+                None => {
+                    if let Some((_, prev)) = old.iter().find(|(o, _)| o.name == a.name) {
+                        st.buffer.advance_to(prev.buffer.watermark());
+                    }
+                    fresh.push(a.name.clone());
+                }
+            }
+        }
+        *self = next;
+        fresh
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             patterns: self

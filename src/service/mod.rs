@@ -15,12 +15,14 @@
 //! Shutdown is a future passed in (`serve` resolves it from SIGINT /
 //! SIGTERM); tests pass their own.
 
+pub mod api;
 pub mod checkpoint;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
 pub mod produce;
+pub mod registry;
 pub mod sink;
 pub mod source;
 
@@ -185,7 +187,20 @@ pub async fn serve_with(
         .await
         .map_err(|e| format!("serve.listen {}: {e}", serve.listen))?;
     tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "http endpoints up");
-    let app = http::app(metrics.clone(), health.clone());
+    let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
+    let (registry, automata) = registry::Registry::new(&serve.patterns, automata, commands_tx);
+    let access = match (&serve.api_token, serve.api_unauthenticated) {
+        (Some(t), _) if !t.is_empty() => api::Access::Token(t.clone()),
+        (_, true) => api::Access::Open,
+        _ => api::Access::Closed,
+    };
+    let api_state = api::ApiState {
+        registry: Arc::new(registry),
+        metrics: metrics.clone(),
+        access,
+    };
+    let app = http::app(metrics.clone(), health.clone())
+        .merge(api::routes(api_state, serve.api_max_body));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
@@ -197,6 +212,7 @@ pub async fn serve_with(
 
     let pipeline = Pipeline::new(Parts {
         automata,
+        commands,
         engine,
         fallback_dead_letter: serve.state_dir.join("dead-letter-fallback.jsonl"),
         kafka,

@@ -45,6 +45,8 @@ pub struct Health {
 /// What the pipeline is built from.
 pub struct Parts {
     pub automata: Vec<Automaton>,
+    /// Pattern-set changes from the REST API, applied between records.
+    pub commands: tokio::sync::mpsc::Receiver<Command>,
     pub engine: EngineConfig,
     pub kafka: KafkaSection,
     pub sinks: Vec<Sink>,
@@ -59,6 +61,16 @@ pub struct Parts {
     pub checkpoint_interval: Duration,
     pub shutdown_timeout: Duration,
     pub fallback_dead_letter: std::path::PathBuf,
+}
+
+/// A change to the running pattern set.
+pub enum Command {
+    /// Run exactly these patterns from the next record on; the reply names
+    /// the patterns that started afresh.
+    Swap {
+        automata: Vec<Automaton>,
+        done: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// A partition as the pipeline tracks it (names built once, not per
@@ -161,6 +173,7 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                Some(c) = self.p.commands.recv() => self.apply(c),
                 m = consumer.recv() => {
                     self.apply_rebalances(&consumer)?;
                     match m {
@@ -175,6 +188,17 @@ impl Pipeline {
             }
         }
         self.shutdown(consumer).await
+    }
+
+    fn apply(&mut self, c: Command) {
+        match c {
+            Command::Swap { automata, done } => {
+                let fresh = self.engine.swap_patterns(automata.clone());
+                self.p.automata = automata;
+                tracing::info!(fresh = ?fresh, patterns = self.p.automata.len(), "pattern set swapped");
+                let _ = done.send(fresh);
+            }
+        }
     }
 
     fn apply_rebalances(&mut self, consumer: &Source) -> Result<(), String> {
@@ -566,6 +590,7 @@ impl Pipeline {
         for s in self.engine.stats() {
             let l = [("pattern", s.pattern.as_str())];
             m.set("cep_active_runs", &l, s.active_runs as f64);
+            m.set("cep_pattern_events", &l, s.matched.events as f64);
             m.set("cep_active_keys", &l, s.active_keys as f64);
             m.set("cep_runs_dropped_total", &l, s.matched.runs_dropped as f64);
             m.set("cep_shadow_alerts_total", &l, s.shadow_alerts as f64);

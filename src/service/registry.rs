@@ -1,0 +1,313 @@
+//! The pattern registry: the running set of patterns, their versions and
+//! modes, and the files they live in.
+//!
+//! Every change goes the same way, one at a time (a lock serialises them,
+//! so versions are monotonic): compile and validate; write the new file
+//! under a temporary name; hand the whole new set to the pipeline, which
+//! swaps it in between two records ([`super::pipeline::Command::Swap`]);
+//! only then rename the file into place and record the version. A failure
+//! at any step leaves the running set and the directory as they were.
+//!
+//! Files: an API-managed pattern lives alone in `<dir>/<name>.cep`;
+//! versions and modes are kept in `<dir>/.cep-registry.json` so that a
+//! restart loads exactly what was running. A pattern defined in a file
+//! together with others can be read but not changed over the API (split
+//! the file first): rewriting someone's multi-pattern file is not ours to
+//! do.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::compiler::{compile_source, Automaton};
+use crate::dsl::error::DiagnosticJson;
+use crate::service::pipeline::Command;
+
+/// One registered pattern.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub automaton: Automaton,
+    /// The text as written (the file, or the body of the request).
+    pub source: String,
+    pub file: Option<PathBuf>,
+    /// The file holds other patterns too.
+    pub shared_file: bool,
+    pub loaded_at: String,
+}
+
+/// Versions and modes, persisted beside the pattern files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    patterns: BTreeMap<String, PatternMeta>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct PatternMeta {
+    version: u32,
+    shadow: bool,
+}
+
+/// Why a change was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The source does not compile (or names another pattern).
+    Invalid(Vec<DiagnosticJson>),
+    NotFound(String),
+    Conflict(String),
+    /// Writing the file or swapping failed; nothing changed.
+    Failed(String),
+}
+
+pub struct Registry {
+    dir: PathBuf,
+    inner: Mutex<BTreeMap<String, Entry>>,
+    commands: mpsc::Sender<Command>,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn meta_path(dir: &Path) -> PathBuf {
+    dir.join(".cep-registry.json")
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename,
+/// fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp~");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// The registry of `automata`, which were loaded from `dir` (files are
+    /// matched to patterns by name). Versions and modes saved by earlier
+    /// runs are applied.
+    pub fn new(
+        dir: &Path,
+        automata: Vec<Automaton>,
+        commands: mpsc::Sender<Command>,
+    ) -> (Registry, Vec<Automaton>) {
+        let meta: Meta = std::fs::read(meta_path(dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut files: BTreeMap<String, (PathBuf, String, usize)> = BTreeMap::new();
+        for f in crate::cli::pattern_files(dir) {
+            let Ok(text) = std::fs::read_to_string(&f) else {
+                continue;
+            };
+            if let Ok(found) = compile_source(&f.display().to_string(), &text) {
+                let n = found.len();
+                for a in found {
+                    files.insert(a.name.clone(), (f.clone(), text.clone(), n));
+                }
+            }
+        }
+        let loaded_at = now_rfc3339();
+        let mut entries = BTreeMap::new();
+        let mut running = Vec::new();
+        for a in automata {
+            let a = match meta.patterns.get(&a.name) {
+                Some(m) => a.with_meta(m.version, m.shadow),
+                None => a,
+            };
+            let (file, source, shared) = match files.get(&a.name) {
+                Some((f, text, n)) => (Some(f.clone()), text.clone(), *n > 1),
+                None => (None, a.source.clone(), false),
+            };
+            running.push(a.clone());
+            entries.insert(
+                a.name.clone(),
+                Entry {
+                    automaton: a,
+                    source: if shared {
+                        running.last().unwrap().source.clone()
+                    } else {
+                        source
+                    },
+                    file,
+                    shared_file: shared,
+                    loaded_at: loaded_at.clone(),
+                },
+            );
+        }
+        let r = Registry {
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(entries),
+            commands,
+        };
+        (r, running)
+    }
+
+    pub async fn list(&self) -> Vec<Entry> {
+        self.inner.lock().await.values().cloned().collect()
+    }
+
+    pub async fn get(&self, name: &str) -> Option<Entry> {
+        self.inner.lock().await.get(name).cloned()
+    }
+
+    /// Compiles `source` as the pattern `name`: the automaton or the
+    /// diagnostics.
+    pub fn compile(name: &str, source: &str) -> Result<Automaton, Vec<DiagnosticJson>> {
+        let mut found = compile_source(&format!("{name}.cep"), source).map_err(|d| d.to_json())?;
+        let one = |message: String| {
+            vec![DiagnosticJson {
+                line: 1,
+                column: 1,
+                end: crate::dsl::error::LineCol { line: 1, column: 1 },
+                message,
+                hint: Some(format!("send exactly one `pattern {name} ... end`")),
+                snippet: String::new(),
+            }]
+        };
+        if found.len() != 1 {
+            return Err(one(format!("expected one pattern, found {}", found.len())));
+        }
+        let a = found.pop().expect("one");
+        if a.name != name {
+            return Err(one(format!(
+                "the pattern is named `{}`, not `{name}` as in the URL",
+                a.name
+            )));
+        }
+        Ok(a)
+    }
+
+    /// Creates or replaces `name`; returns its (new) version and whether
+    /// anything changed.
+    pub async fn put(&self, name: &str, source: &str) -> Result<(u32, bool), Refusal> {
+        let a = Registry::compile(name, source).map_err(Refusal::Invalid)?;
+        let mut entries = self.inner.lock().await;
+        let (version, shadow) = match entries.get(name) {
+            Some(e) if e.shared_file => return Err(shared(name, e)),
+            Some(e) if e.automaton.source_hash == a.source_hash => {
+                return Ok((e.automaton.version, false))
+            }
+            Some(e) => (e.automaton.version + 1, e.automaton.shadow),
+            None => (1, a.shadow),
+        };
+        let a = a.with_meta(version, shadow);
+        let file = self.dir.join(format!("{name}.cep"));
+        let mut next = entries.clone();
+        next.insert(
+            name.to_string(),
+            Entry {
+                automaton: a,
+                source: source.to_string(),
+                file: Some(file.clone()),
+                shared_file: false,
+                loaded_at: now_rfc3339(),
+            },
+        );
+        let tmp = file.with_extension("cep.new~");
+        write_atomically(&tmp, source.as_bytes())
+            .map_err(|e| Refusal::Failed(format!("{}: {e}", tmp.display())))?;
+        if let Err(e) = self.swap(&next).await {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &file)
+            .map_err(|e| Refusal::Failed(format!("{}: {e}", file.display())))?;
+        *entries = next;
+        self.save_meta(&entries);
+        Ok((version, true))
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), Refusal> {
+        let mut entries = self.inner.lock().await;
+        let e = entries
+            .get(name)
+            .ok_or_else(|| Refusal::NotFound(name.to_string()))?;
+        if e.shared_file {
+            return Err(shared(name, e));
+        }
+        let file = e.file.clone();
+        let mut next = entries.clone();
+        next.remove(name);
+        self.swap(&next).await?;
+        if let Some(f) = file {
+            if let Err(e) = std::fs::remove_file(&f) {
+                tracing::warn!(file = %f.display(), error = %e, "pattern file not removed");
+            }
+        }
+        *entries = next;
+        self.save_meta(&entries);
+        Ok(())
+    }
+
+    /// Switches `name` between active and shadow; its runs carry over.
+    pub async fn set_mode(&self, name: &str, shadow: bool) -> Result<u32, Refusal> {
+        let mut entries = self.inner.lock().await;
+        let e = entries
+            .get(name)
+            .ok_or_else(|| Refusal::NotFound(name.to_string()))?;
+        let version = e.automaton.version;
+        let mut next = entries.clone();
+        let entry = next.get_mut(name).expect("present");
+        entry.automaton = entry.automaton.with_meta(version, shadow);
+        self.swap(&next).await?;
+        *entries = next;
+        self.save_meta(&entries);
+        Ok(version)
+    }
+
+    async fn swap(&self, next: &BTreeMap<String, Entry>) -> Result<(), Refusal> {
+        let automata = next.values().map(|e| e.automaton.clone()).collect();
+        let (done, reply) = oneshot::channel();
+        self.commands
+            .send(Command::Swap { automata, done })
+            .await
+            .map_err(|_| Refusal::Failed("the pipeline has stopped".into()))?;
+        match tokio::time::timeout(Duration::from_secs(10), reply).await {
+            Ok(Ok(_fresh)) => Ok(()),
+            _ => Err(Refusal::Failed(
+                "the pipeline did not take the new set within 10 s".into(),
+            )),
+        }
+    }
+
+    fn save_meta(&self, entries: &BTreeMap<String, Entry>) {
+        let meta = Meta {
+            patterns: entries
+                .iter()
+                .map(|(n, e)| {
+                    (
+                        n.clone(),
+                        PatternMeta {
+                            version: e.automaton.version,
+                            shadow: e.automaton.shadow,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&meta).expect("serialises");
+        if let Err(e) = write_atomically(&meta_path(&self.dir), &bytes) {
+            tracing::error!(error = %e, "pattern versions not saved");
+        }
+    }
+}
+
+fn shared(name: &str, e: &Entry) -> Refusal {
+    Refusal::Conflict(format!(
+        "pattern `{name}` is defined in {} together with other patterns; move it to a file of its own to manage it over the API",
+        e.file.as_ref().map_or("a shared file".into(), |f| f.display().to_string())
+    ))
+}

@@ -1,0 +1,274 @@
+//! The pattern REST API of `cep serve`: real HTTP, a real broker, the real
+//! binary. Patterns are added, replaced, switched and deleted while events
+//! flow; bad requests change nothing; a restart loads what was running.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const TOKEN: &str = "test-token-123";
+
+const SMALL_THEN_LARGE: &str = r#"pattern small_then_large
+  from cards key card.id time ts within 5m
+  match small then large
+  define small as amount < 10, large as amount > 500
+  emit large_amount = large.amount
+end
+"#;
+
+const BIG: &str = r#"pattern big
+  from cards key card.id time ts
+  match x
+  define x as amount > 900
+  emit amount = x.amount
+end
+"#;
+
+struct Api<'a> {
+    serve: &'a Serve,
+}
+
+impl Api<'_> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "text/plain")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let (status, text) = http(self.serve.http, method, path, &headers, body).expect("answered");
+        let v =
+            serde_json::from_str(&text).unwrap_or_else(|_| serde_json::Value::String(text.clone()));
+        (status, v)
+    }
+}
+
+fn event(n: i64, card: &str, amount: f64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "card": {"id": card}, "ts": 1_700_000_000_000i64 + n * 1000, "amount": amount
+    }))
+    .unwrap()
+}
+
+fn send(b: &str, events: &[Vec<u8>]) {
+    let out: Vec<Out> = events
+        .iter()
+        .map(|v| Out {
+            partition: None,
+            key: None,
+            value: v,
+        })
+        .collect();
+    produce(b, "cards", &out);
+}
+
+fn wait_for(what: &str, serve: &Serve, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{what}\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn config(b: &str) -> String {
+    format!(
+        r#"
+[serve]
+patterns = "patterns"
+listen = "127.0.0.1:{{HTTP}}"
+default_sinks = ["alerts"]
+api_token = "{TOKEN}"
+[kafka]
+brokers = "{b}"
+[[kafka.inputs]]
+topic = "cards"
+[sinks.alerts]
+type = "kafka"
+topic = "alerts"
+"#
+    )
+}
+
+fn alerts_of(b: &str, n: usize) -> Vec<serde_json::Value> {
+    consume_until(b, "alerts", Duration::from_secs(60), |g| g.len() >= n)
+        .iter()
+        .map(Got::json)
+        .collect()
+}
+
+#[test]
+fn patterns_change_over_http_while_events_flow() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("api");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    std::fs::write(dir.join("patterns/small_then_large.cep"), SMALL_THEN_LARGE).unwrap();
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    let api = Api { serve: &serve };
+
+    let (s, v) = api.call("GET", "/patterns", None, "");
+    assert_eq!(s, 200);
+    assert_eq!(v["patterns"][0]["name"], "small_then_large");
+    assert_eq!(v["patterns"][0]["version"], 1);
+    assert_eq!(v["patterns"][0]["mode"], "active");
+
+    // No token, a wrong token: 401, nothing changes.
+    assert_eq!(api.call("PUT", "/patterns/big", None, BIG).0, 401);
+    assert_eq!(api.call("PUT", "/patterns/big", Some("nope"), BIG).0, 401);
+    assert_eq!(
+        api.call("DELETE", "/patterns/small_then_large", None, "").0,
+        401
+    );
+
+    // An invalid pattern: 400 with line and column; nothing changes.
+    let bad = "pattern big\n  from cards key card.id time ts\n  match x\n  define x as amount >> 900\nend\n";
+    let (s, v) = api.call("PUT", "/patterns/big", Some(TOKEN), bad);
+    assert_eq!(s, 400, "{v}");
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["line"], 4, "{v}");
+    assert!(d["column"].as_u64().unwrap() > 1);
+    assert!(d["snippet"].as_str().unwrap().contains('^'));
+    let (s, v) = api.call("POST", "/patterns/validate", None, bad);
+    assert_eq!((s, &v["valid"]), (200, &serde_json::json!(false)));
+    assert_eq!(api.call("GET", "/patterns/big", None, "").0, 404);
+    assert!(!dir.join("patterns/big.cep").exists());
+
+    // Events flow; then `big` is added: it matches from the next record on.
+    let first: Vec<Vec<u8>> = vec![
+        event(0, "a", 5.0),
+        event(1, "b", 950.0),
+        event(2, "a", 600.0),
+    ];
+    send(&b, &first);
+    wait_for("first batch read", &serve, || {
+        serve.metric("cep_events_in_total", "") >= 3.0
+    });
+    let (s, v) = api.call("PUT", "/patterns/big", Some(TOKEN), BIG);
+    assert_eq!((s, &v["version"]), (200, &serde_json::json!(1)), "{v}");
+    assert!(dir.join("patterns/big.cep").exists());
+    let second: Vec<Vec<u8>> = vec![event(3, "c", 999.0), event(4, "d", 1.0)];
+    send(&b, &second);
+    let got = alerts_of(&b, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let by = |p: &str| {
+        got.iter()
+            .filter(|a| a["pattern"] == p)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by("small_then_large").len(),
+        1,
+        "the untouched pattern kept its run"
+    );
+    assert_eq!(
+        by("big").len(),
+        1,
+        "big saw only records after it was added"
+    );
+    assert_eq!(by("big")[0]["fields"]["amount"], 999.0);
+
+    // Replace: a new version, whose alerts carry it.
+    let v2 = SMALL_THEN_LARGE.replace("within 5m", "within 10m");
+    let (s, v) = api.call("PUT", "/patterns/small_then_large", Some(TOKEN), &v2);
+    assert_eq!((s, &v["version"]), (200, &serde_json::json!(2)), "{v}");
+    let (s, v) = api.call("PUT", "/patterns/small_then_large", Some(TOKEN), &v2);
+    assert_eq!(
+        (s, &v["changed"]),
+        (200, &serde_json::json!(false)),
+        "same source: no new version"
+    );
+    send(
+        &b,
+        &[
+            event(5, "e", 2.0),
+            event(6, "e", 700.0),
+            event(7, "z", 50.0),
+        ],
+    );
+    let got = alerts_of(&b, 3);
+    let last = got
+        .iter()
+        .find(|a| a["fields"]["large_amount"] == 700.0)
+        .expect("match");
+    assert_eq!(last["version"], 2);
+
+    // Shadow mode: matched and counted, never emitted; then delete.
+    let (s, _) = api.call(
+        "PUT",
+        "/patterns/big/mode",
+        Some(TOKEN),
+        r#"{"mode":"shadow"}"#,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        api.call("GET", "/patterns/big", None, "").1["mode"],
+        "shadow"
+    );
+    let (s, dot) = api.call("GET", "/patterns/big/graph", None, "");
+    assert_eq!(s, 200);
+    assert!(dot.as_str().unwrap().starts_with("digraph"));
+    assert_eq!(api.call("DELETE", "/patterns/big", Some(TOKEN), "").0, 204);
+    assert_eq!(api.call("GET", "/patterns/big", None, "").0, 404);
+    assert!(!dir.join("patterns/big.cep").exists());
+
+    // A restart loads exactly what was running.
+    serve.signal("-TERM");
+    assert!(
+        serve.wait(Duration::from_secs(30)).success(),
+        "{}",
+        serve.log()
+    );
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    let api = Api { serve: &serve };
+    let (_, v) = api.call("GET", "/patterns", None, "");
+    let list = v["patterns"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["name"], "small_then_large");
+    assert_eq!(list[0]["version"], 2);
+    let (_, one) = api.call("GET", "/patterns/small_then_large", None, "");
+    assert!(one["source"].as_str().unwrap().contains("within 10m"));
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
+
+#[test]
+fn changes_are_refused_without_a_configured_token() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    let dir = scratch("api-closed");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    let cfg = config(&b).replace(&format!("api_token = \"{TOKEN}\"\n"), "");
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let api = Api { serve: &serve };
+    let (s, v) = api.call("PUT", "/patterns/big", Some("anything"), BIG);
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("api_token"));
+    // Reading and validating still work.
+    assert_eq!(api.call("GET", "/patterns", None, "").0, 200);
+    assert_eq!(
+        api.call("POST", "/patterns/validate", None, BIG).1["valid"],
+        true
+    );
+    // Oversized bodies are refused.
+    let huge = "x".repeat(100_000);
+    assert_eq!(api.call("POST", "/patterns/validate", None, &huge).0, 413);
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
