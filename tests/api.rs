@@ -272,3 +272,69 @@ fn changes_are_refused_without_a_configured_token() {
     assert_eq!(api.call("POST", "/patterns/validate", None, &huge).0, 413);
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+#[test]
+fn files_edited_in_the_directory_are_reloaded_all_or_nothing() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("api-reload");
+    let patterns = dir.join("patterns");
+    std::fs::create_dir_all(&patterns).unwrap();
+    std::fs::write(patterns.join("small_then_large.cep"), SMALL_THEN_LARGE).unwrap();
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    let api = Api { serve: &serve };
+
+    // A new file and an edited one: both taken, the edit as version 2.
+    std::fs::write(patterns.join("big.cep"), BIG).unwrap();
+    std::fs::write(
+        patterns.join("small_then_large.cep"),
+        SMALL_THEN_LARGE.replace("within 5m", "within 7m"),
+    )
+    .unwrap();
+    assert_eq!(api.call("POST", "/patterns/reload", None, "").0, 401);
+    let (s, v) = api.call("POST", "/patterns/reload", Some(TOKEN), "");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["added"], serde_json::json!(["big"]));
+    assert_eq!(v["replaced"], serde_json::json!(["small_then_large"]));
+    assert_eq!(
+        api.call("GET", "/patterns/small_then_large", None, "").1["version"],
+        2
+    );
+
+    // A broken file: rejected with its line and column, nothing changes.
+    std::fs::write(
+        patterns.join("broken.cep"),
+        "pattern broken\n  from cards\n  match x y\nend\n",
+    )
+    .unwrap();
+    std::fs::remove_file(patterns.join("big.cep")).unwrap();
+    let (s, v) = api.call("POST", "/patterns/reload", Some(TOKEN), "");
+    assert_eq!(s, 400, "{v}");
+    let d = &v["diagnostics"][0];
+    assert!(d["snippet"].as_str().unwrap().contains("broken.cep"), "{v}");
+    assert!(d["line"].as_u64().unwrap() >= 1);
+    let (_, list) = api.call("GET", "/patterns", None, "");
+    assert_eq!(
+        list["patterns"].as_array().unwrap().len(),
+        2,
+        "big is still running: {list}"
+    );
+
+    // Events still flow through what runs.
+    send(&b, &[event(0, "q", 950.0), event(1, "q", 1.0)]);
+    let got = alerts_of(&b, 1);
+    assert_eq!(got[0]["pattern"], "big");
+
+    // Fixed: the deletion of big.cep takes effect.
+    std::fs::remove_file(patterns.join("broken.cep")).unwrap();
+    let (s, v) = api.call("POST", "/patterns/reload", Some(TOKEN), "");
+    assert_eq!(
+        (s, &v["removed"]),
+        (200, &serde_json::json!(["big"])),
+        "{v}"
+    );
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}

@@ -8,6 +8,7 @@
 //! | `DELETE /patterns/{name}` | remove |
 //! | `PUT /patterns/{name}/mode` | body `{"mode": "active" \| "shadow"}` |
 //! | `POST /patterns/validate` | body = source: diagnostics only, nothing changes |
+//! | `POST /patterns/reload` | read the patterns directory again after direct edits (all or nothing) |
 //! | `GET /patterns/{name}/graph` | the compiled automaton as Graphviz DOT |
 //!
 //! Changing requests need `Authorization: Bearer <serve.api_token>`;
@@ -100,6 +101,7 @@ pub fn routes(state: ApiState, max_body: usize) -> Router {
     Router::new()
         .route("/patterns", get(list))
         .route("/patterns/validate", post(validate))
+        .route("/patterns/reload", post(reload))
         .route(
             "/patterns/{name}",
             get(get_one).put(put_one).delete(delete_one),
@@ -227,6 +229,18 @@ async fn delete_one(
     timed(async {
         s.registry.delete(&name).await?;
         Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+async fn reload(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    timed(async {
+        let summary = s.registry.reload().await?;
+        Ok(Json(serde_json::to_value(summary).expect("serialises")))
     })
     .await
 }

@@ -50,6 +50,15 @@ struct PatternMeta {
     shadow: bool,
 }
 
+/// What a reload changed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub replaced: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
 /// Why a change was refused.
 #[derive(Debug)]
 pub enum Refusal {
@@ -250,6 +259,95 @@ impl Registry {
         *entries = next;
         self.save_meta(&entries);
         Ok(())
+    }
+
+    /// Reads the directory again after edits made to its files directly:
+    /// every file must compile and no name may be defined twice, or nothing
+    /// changes. Unchanged patterns keep their version and runs; changed
+    /// ones get the next version; patterns whose files are gone are
+    /// removed.
+    pub async fn reload(&self) -> Result<ReloadSummary, Refusal> {
+        let mut entries = self.inner.lock().await;
+        let mut found: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut errors = Vec::new();
+        let now = now_rfc3339();
+        for f in crate::cli::pattern_files(&self.dir) {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| Refusal::Failed(format!("{}: {e}", f.display())))?;
+            let automata = match compile_source(&f.display().to_string(), &text) {
+                Ok(a) => a,
+                Err(d) => {
+                    errors.extend(d.to_json());
+                    continue;
+                }
+            };
+            let shared = automata.len() > 1;
+            for a in automata {
+                if let Some(other) = found.get(&a.name) {
+                    return Err(Refusal::Conflict(format!(
+                        "pattern `{}` is defined in both {} and {}",
+                        a.name,
+                        other
+                            .file
+                            .as_ref()
+                            .map_or(String::new(), |p| p.display().to_string()),
+                        f.display()
+                    )));
+                }
+                let entry = match entries.get(&a.name) {
+                    Some(e) if e.automaton.source_hash == a.source_hash => Entry {
+                        file: Some(f.clone()),
+                        shared_file: shared,
+                        ..e.clone()
+                    },
+                    Some(e) => Entry {
+                        automaton: a.with_meta(e.automaton.version + 1, e.automaton.shadow),
+                        source: if shared {
+                            a.source.clone()
+                        } else {
+                            text.clone()
+                        },
+                        file: Some(f.clone()),
+                        shared_file: shared,
+                        loaded_at: now.clone(),
+                    },
+                    None => Entry {
+                        source: if shared {
+                            a.source.clone()
+                        } else {
+                            text.clone()
+                        },
+                        automaton: a,
+                        file: Some(f.clone()),
+                        shared_file: shared,
+                        loaded_at: now.clone(),
+                    },
+                };
+                found.insert(entry.automaton.name.clone(), entry);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Refusal::Invalid(errors));
+        }
+        let mut summary = ReloadSummary::default();
+        for (name, e) in &found {
+            match entries.get(name) {
+                None => summary.added.push(name.clone()),
+                Some(old) if old.automaton.source_hash != e.automaton.source_hash => {
+                    summary.replaced.push(name.clone())
+                }
+                Some(_) => summary.unchanged.push(name.clone()),
+            }
+        }
+        summary.removed = entries
+            .keys()
+            .filter(|n| !found.contains_key(*n))
+            .cloned()
+            .collect();
+        self.swap(&found).await?;
+        *entries = found;
+        self.save_meta(&entries);
+        Ok(summary)
     }
 
     /// Switches `name` between active and shadow; its runs carry over.
