@@ -111,6 +111,17 @@ pub enum Command {
         #[arg(long)]
         partitions: Option<i32>,
     },
+    /// Manage the patterns of a running `cep serve` over its REST API.
+    Patterns {
+        /// The service's address.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        server: String,
+        /// Bearer token for changes [default: `CEP_API_TOKEN`].
+        #[arg(long)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: crate::service::client::PatternsCommand,
+    },
     /// Print the compiled automaton as Graphviz DOT.
     Explain {
         file: PathBuf,
@@ -210,6 +221,14 @@ pub fn run(cli: Cli) -> i32 {
         })(),
         Command::Test { path } => test(&path),
         Command::Explain { file, pattern } => explain(&file, pattern.as_deref()),
+        Command::Patterns {
+            server,
+            token,
+            command,
+        } => {
+            let token = token.or_else(|| std::env::var("CEP_API_TOKEN").ok());
+            crate::service::client::run(&server, token.as_deref(), command)
+        }
     };
     match result {
         Ok(code) => code,

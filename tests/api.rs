@@ -338,3 +338,63 @@ fn files_edited_in_the_directory_are_reloaded_all_or_nothing() {
     );
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+fn cep_patterns(serve: &Serve, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cep"))
+        .arg("patterns")
+        .args(["--server", &format!("http://127.0.0.1:{}", serve.http)])
+        .args(args)
+        .env("CEP_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_client_drives_the_api() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    let dir = scratch("api-cli");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    std::fs::write(dir.join("big.cep"), BIG).unwrap();
+    std::fs::write(
+        dir.join("bad.cep"),
+        "pattern big\n  from cards\n  match\nend\n",
+    )
+    .unwrap();
+    let big = dir.join("big.cep");
+    let bad = dir.join("bad.cep");
+
+    let (code, out, err) = cep_patterns(&serve, &["put", "big", big.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"version\": 1"), "{out}");
+    let (code, out, _) = cep_patterns(&serve, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"name\": \"big\""), "{out}");
+    let (code, _, err) = cep_patterns(&serve, &["validate", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("-->") && err.contains('^'),
+        "diagnostics as the CLI prints them: {err}"
+    );
+    let (code, _, err) = cep_patterns(&serve, &["put", "big", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = cep_patterns(&serve, &["graph", "big"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("digraph"));
+    let (code, out, err) = cep_patterns(&serve, &["mode", "big", "shadow"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, _) = cep_patterns(&serve, &["delete", "big"]);
+    assert_eq!(code, 0);
+    let (code, _, err) = cep_patterns(&serve, &["get", "big"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no pattern named `big`"), "{err}");
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}

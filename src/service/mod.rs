@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod client;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
