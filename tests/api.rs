@@ -398,3 +398,40 @@ fn the_cli_client_drives_the_api() {
     assert!(err.contains("no pattern named `big`"), "{err}");
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// `/openapi.json` describes exactly the routes served: every documented
+/// method of every documented path is routed, every other method of those
+/// paths is not.
+#[test]
+fn openapi_describes_exactly_the_routes_served() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    let dir = scratch("api-openapi");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    std::fs::write(dir.join("patterns/big.cep"), BIG).unwrap();
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    let api = Api { serve: &serve };
+    let (s, doc) = api.call("GET", "/openapi.json", None, "");
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10);
+    for (path, item) in paths {
+        // A name that exists, so that a routed request is never "no route".
+        let concrete = path.replace("{name}", "big");
+        for method in ["GET", "PUT", "POST", "DELETE"] {
+            let documented = item.get(method.to_lowercase()).is_some();
+            // Wrong token: routed changing requests stop at 401 and change
+            // nothing; reads answer.
+            let (status, body) = api.call(method, &concrete, Some("wrong-token"), "");
+            let unrouted = status == 405 || (status == 404 && body.as_str() == Some(""));
+            assert_eq!(
+                documented, !unrouted,
+                "{method} {path}: documented {documented}, answered {status} {body}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}

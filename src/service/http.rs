@@ -1,6 +1,6 @@
 //! HTTP endpoints of `cep serve`: `/metrics` (Prometheus text), `/healthz`
-//! (the process answers) and `/readyz` (partitions are assigned and the
-//! pipeline is consuming).
+//! (the process answers), `/readyz` (partitions are assigned and the
+//! pipeline is consuming) and `/openapi.json` (see [`crate::service::openapi`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +25,10 @@ pub fn app(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(crate::service::openapi::document()) }),
+        )
         .with_state(AppState { metrics, health })
 }
 

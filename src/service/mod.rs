@@ -21,6 +21,7 @@ pub mod client;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
 pub mod pipeline;
 pub mod produce;
 pub mod registry;
