@@ -435,3 +435,50 @@ fn openapi_describes_exactly_the_routes_served() {
     }
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// Concurrent PUTs of one pattern: each gets its own version, versions are
+/// consecutive, and the final state is the one with the highest version.
+#[test]
+fn concurrent_puts_give_monotonic_versions_and_a_consistent_end() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    let dir = scratch("api-concurrent");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    let port = serve.http;
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            std::thread::spawn(move || {
+                let src = BIG.replace("amount > 900", &format!("amount > {}", 900 + n));
+                let auth = format!("Bearer {TOKEN}");
+                let (s, body) = http(
+                    port,
+                    "PUT",
+                    "/patterns/big",
+                    &[("Authorization", &auth)],
+                    &src,
+                )
+                .unwrap();
+                assert_eq!(s, 200, "{body}");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                (v["version"].as_u64().unwrap(), src)
+            })
+        })
+        .collect();
+    let mut results: Vec<(u64, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    results.sort();
+    let versions: Vec<u64> = results.iter().map(|r| r.0).collect();
+    assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
+    let api = Api { serve: &serve };
+    let (_, one) = api.call("GET", "/patterns/big", None, "");
+    assert_eq!(one["version"], 8);
+    assert_eq!(one["source"].as_str().unwrap(), results[7].1);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("patterns/big.cep")).unwrap(),
+        results[7].1,
+        "the file holds the last version"
+    );
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
