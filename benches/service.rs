@@ -209,6 +209,8 @@ fn service_config(brokers: &str, state: &Path, run: &str, http: u16) -> Config {
 lateness = "0s"
 [serve]
 state_dir = "{state}"
+patterns = "{state}/patterns"
+api_token = "bench"
 listen = "127.0.0.1:{http}"
 default_sinks = ["out"]
 checkpoint_interval = "1s"
@@ -228,22 +230,24 @@ topic = "cep-out"
 }
 
 /// Runs `cep serve` until it has delivered `alerts` alerts; time from
-/// assignment to the last ack.
+/// assignment to the last ack. With `hot_loads`, a new version of a probe
+/// pattern is PUT every 250 ms meanwhile.
 fn cep_run(
     brokers: &str,
     rt: &tokio::runtime::Runtime,
     run: &str,
     source: &str,
     alerts: f64,
+    hot_loads: bool,
 ) -> Duration {
     let state = std::env::temp_dir().join(format!("cep-bench-state-{run}"));
     let _ = std::fs::remove_dir_all(&state);
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let config = service_config(brokers, &state, run, http);
+    let config = service_config(brokers, &state, run, port);
     let automata = cep::compiler::compile_source("bench", source).unwrap();
     let probes = Probes::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -263,6 +267,21 @@ fn cep_run(
         std::thread::sleep(Duration::from_micros(200));
     }
     let t0 = Instant::now();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = hot_loads.then(|| {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(Ordering::SeqCst) {
+                n += 1;
+                let (status, body) =
+                    http(port, "PUT", "/patterns/probe", &probe_source(1_000_000 + n));
+                assert_eq!(status, 200, "{body}");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            n
+        })
+    });
     let delivered = || {
         probes
             .metrics
@@ -277,10 +296,162 @@ fn cep_run(
         std::thread::sleep(Duration::from_micros(200));
     }
     let took = t0.elapsed();
+    done.store(true, Ordering::SeqCst);
+    if let Some(l) = loader {
+        assert!(l.join().unwrap() > 0);
+    }
     let _ = stop.send(());
     rt.block_on(server).unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&state);
     took
+}
+
+/// One HTTP request to the service: (status, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer bench\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        buf.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn probe_source(threshold: u64) -> String {
+    format!(
+        "pattern probe\n  from in key card.id time ts\n  match x\n  define x as amount > {threshold}\n  emit amount = x.amount\nend\n"
+    )
+}
+
+/// Time from a PUT of a new pattern version returning 200 to that version
+/// raising its first alert: an event produced right after the PUT (and a
+/// later one, so the watermark passes it) must be matched by it.
+fn hot_load_to_first_match(c: &mut Criterion) {
+    let broker = start_broker();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let rt = rt();
+    for t in ["in", "cep-out"] {
+        rt.block_on(cep::service::produce::create_topic(&brokers, t, 1))
+            .unwrap();
+    }
+    let state = std::env::temp_dir().join("cep-bench-hot");
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(state.join("patterns")).unwrap();
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = service_config(&brokers, &state, "hot", http_port);
+    let probes = Probes::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let p = probes.clone();
+    let server = rt.spawn(async move {
+        cep::service::serve_with(
+            config,
+            Vec::new(),
+            async {
+                let _ = stopped.await;
+            },
+            p,
+        )
+        .await
+    });
+    while !probes.health.ready.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Events keep flowing (1,000 a second, none matching) while patterns
+    // are hot-loaded, as in production; they also move the watermark past
+    // each probe event.
+    // The probe event goes through the same producer, in order with the
+    // rest (lateness is 0).
+    let flowing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probe_wanted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let filler = {
+        let (flowing, brokers, probe_wanted) =
+            (flowing.clone(), brokers.clone(), probe_wanted.clone());
+        std::thread::spawn(move || {
+            let p: rdkafka::producer::BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "1")
+                .create()
+                .unwrap();
+            while flowing.load(Ordering::SeqCst) {
+                let amount = if probe_wanted.swap(false, Ordering::SeqCst) {
+                    1e12
+                } else {
+                    0.0
+                };
+                let e = serde_json::to_vec(&serde_json::json!({"card": {"id": "f"}, "ts": wall_micros() / 1000, "amount": amount})).unwrap();
+                let _ = p.send(rdkafka::producer::BaseRecord::<str, _>::to("in").payload(&e));
+                p.poll(Duration::ZERO);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            p.flush(Duration::from_secs(10)).unwrap();
+        })
+    };
+    let mut n: u64 = 0;
+    let mut put_times = Vec::new();
+    let mut g = c.benchmark_group("service");
+    g.sample_size(20).warm_up_time(Duration::from_millis(1));
+    g.bench_function("hot_load_put_to_first_match", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let alerts = || {
+                    probes.metrics.get(
+                        "cep_alerts_total",
+                        &[("pattern", "probe"), ("kind", "match")],
+                    )
+                };
+                let before = alerts();
+                let t = Instant::now();
+                let (status, body) = http(
+                    http_port,
+                    "PUT",
+                    "/patterns/probe",
+                    &probe_source(1_000_000 + n),
+                );
+                assert_eq!(status, 200, "{body}");
+                put_times.push(t.elapsed());
+                let t0 = Instant::now();
+                probe_wanted.store(true, Ordering::SeqCst);
+                while alerts() <= before {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(30),
+                        "no alert from the new version"
+                    );
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                total += t0.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+    flowing.store(false, Ordering::SeqCst);
+    filler.join().unwrap();
+    put_times.sort();
+    eprintln!(
+        "service/hot_load: PUT round trip (compile, swap between two records, file written): p50 {:.1} ms, max {:.1} ms over {} PUTs",
+        put_times[put_times.len() / 2].as_secs_f64() * 1e3,
+        put_times.last().unwrap().as_secs_f64() * 1e3,
+        put_times.len()
+    );
+    let _ = stop.send(());
+    let _ = rt.block_on(server);
+    let _ = std::fs::remove_dir_all(&state);
 }
 
 fn fraud_source() -> String {
@@ -346,6 +517,7 @@ fn bench_service(c: &mut Criterion) {
                         &format!("e{run}"),
                         EVERY_EVENT,
                         EVENTS as f64,
+                        false,
                     )
                 })
                 .sum()
@@ -357,7 +529,18 @@ fn bench_service(c: &mut Criterion) {
             (0..iters)
                 .map(|_| {
                     run += 1;
-                    cep_run(&brokers, &rt, &format!("f{run}"), &fraud_src, fraud)
+                    cep_run(&brokers, &rt, &format!("f{run}"), &fraud_src, fraud, false)
+                })
+                .sum()
+        })
+    });
+    // The same, with a pattern hot-loaded every 250 ms while events flow.
+    g.bench_function("cep_fraud_with_hot_loads", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    run += 1;
+                    cep_run(&brokers, &rt, &format!("h{run}"), &fraud_src, fraud, true)
                 })
                 .sum()
         })
@@ -552,5 +735,5 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
     (total, emitted)
 }
 
-criterion_group!(benches, bench_service);
+criterion_group!(benches, bench_service, hot_load_to_first_match);
 criterion_main!(benches);
