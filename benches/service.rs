@@ -728,6 +728,7 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
     let lat = reader.join().unwrap();
     let _ = stop.send(());
     let _ = rt.block_on(server);
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join("cep-bench-latency"));
     let mut total: Vec<i64> = lat.iter().map(|l| l.0).collect();
     let mut emitted: Vec<i64> = lat.iter().map(|l| l.1).collect();
     total.sort();

@@ -70,6 +70,10 @@ fn validation_errors_name_the_key() {
             "[engine]\nlateness = \"soon\"\n".to_string(),
             "engine.lateness",
         ),
+        (
+            "[serve]\nlisten = \"0.0.0.0:9464\"\napi_unauthenticated = true\n".to_string(),
+            "serve.api_unauthenticated: only allowed on a loopback address",
+        ),
     ];
     for (text, want) in cases {
         let e = err(&text);
