@@ -229,6 +229,42 @@ topic = "cep-out"
     .unwrap()
 }
 
+/// A running in-process `cep serve`, ready (partitions assigned).
+struct Running {
+    probes: Probes,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+fn start_service(
+    rt: &tokio::runtime::Runtime,
+    config: Config,
+    automata: Vec<cep::compiler::Automaton>,
+) -> Running {
+    let probes = Probes::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let p = probes.clone();
+    let server = rt.spawn(async move {
+        cep::service::serve_with(
+            config,
+            automata,
+            async {
+                let _ = stopped.await;
+            },
+            p,
+        )
+        .await
+    });
+    while !probes.health.ready.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Running {
+        probes,
+        stop,
+        server,
+    }
+}
+
 /// Runs `cep serve` until it has delivered `alerts` alerts; time from
 /// assignment to the last ack. With `hot_loads`, a new version of a probe
 /// pattern is PUT every 250 ms meanwhile.
@@ -249,23 +285,11 @@ fn cep_run(
         .port();
     let config = service_config(brokers, &state, run, port);
     let automata = cep::compiler::compile_source("bench", source).unwrap();
-    let probes = Probes::default();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let p = probes.clone();
-    let server = rt.spawn(async move {
-        cep::service::serve_with(
-            config,
-            automata,
-            async {
-                let _ = stopped.await;
-            },
-            p,
-        )
-        .await
-    });
-    while !probes.health.ready.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let Running {
+        probes,
+        stop,
+        server,
+    } = start_service(rt, config, automata);
     let t0 = Instant::now();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = hot_loads.then(|| {
@@ -353,23 +377,11 @@ fn hot_load_to_first_match(c: &mut Criterion) {
         .unwrap()
         .port();
     let config = service_config(&brokers, &state, "hot", http_port);
-    let probes = Probes::default();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let p = probes.clone();
-    let server = rt.spawn(async move {
-        cep::service::serve_with(
-            config,
-            Vec::new(),
-            async {
-                let _ = stopped.await;
-            },
-            p,
-        )
-        .await
-    });
-    while !probes.health.ready.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let Running {
+        probes,
+        stop,
+        server,
+    } = start_service(&rt, config, Vec::new());
     // Events keep flowing (1,000 a second, none matching) while patterns
     // are hot-loaded, as in production; they also move the watermark past
     // each probe event.
@@ -603,6 +615,7 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
             .unwrap();
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stop_service = None;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let server = match relay {
         Relay::Cep => {
@@ -619,23 +632,9 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
             }
             let source = EVERY_EVENT.replace("emit amount = x.amount", "emit sent = x.sent");
             let automata = cep::compiler::compile_source("bench", &source).unwrap();
-            let probes = Probes::default();
-            let p = probes.clone();
-            let h = rt.spawn(async move {
-                cep::service::serve_with(
-                    config,
-                    automata,
-                    async {
-                        let _ = stopped.await;
-                    },
-                    p,
-                )
-                .await
-            });
-            while !probes.health.ready.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            h
+            let running = start_service(&rt, config, automata);
+            stop_service = Some(running.stop);
+            running.server
         }
         Relay::Passthrough => {
             let b = brokers.clone();
@@ -727,6 +726,9 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
     producer.flush(Duration::from_secs(30)).unwrap();
     let lat = reader.join().unwrap();
     let _ = stop.send(());
+    if let Some(s) = stop_service {
+        let _ = s.send(());
+    }
     let _ = rt.block_on(server);
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join("cep-bench-latency"));
     let mut total: Vec<i64> = lat.iter().map(|l| l.0).collect();
