@@ -13,8 +13,7 @@
 //!
 //! Needs tansu (`scripts/install-tansu.sh`). Run: `cargo bench --bench service`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,60 +31,14 @@ use cep::service::Probes;
 const EVENTS: usize = 100_000;
 const PARTITIONS: i32 = 3;
 
-struct Broker {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
+#[path = "../tests/support/broker.rs"]
+mod broker;
+use broker::Broker;
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn tansu() -> PathBuf {
-    let home = std::env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
-    let p = home.join("bin/tansu");
-    assert!(p.exists(), "tansu not found: run scripts/install-tansu.sh");
-    p
-}
-
+/// The broker for throughput runs: memory storage, fast, and correct for
+/// consumers that start at offset 0 (see ../shared/kafka-broker.md).
 fn start_broker() -> Broker {
-    start_broker_with("memory://tansu/")
-}
-
-fn start_broker_with(storage: &str) -> Broker {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("cep-bench-broker-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
-        .current_dir(&dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", storage])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Broker { child, port, dir }
+    Broker::start_with("memory://tansu/")
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -362,7 +315,7 @@ fn probe_source(threshold: u64) -> String {
 /// later one, so the watermark passes it) must be matched by it.
 fn hot_load_to_first_match(c: &mut Criterion) {
     let broker = start_broker();
-    let brokers = format!("127.0.0.1:{}", broker.port);
+    let brokers = broker.brokers();
     let rt = rt();
     for t in ["in", "cep-out"] {
         rt.block_on(cep::service::produce::create_topic(&brokers, t, 1))
@@ -498,7 +451,7 @@ fn fraud_alerts() -> f64 {
 
 fn bench_service(c: &mut Criterion) {
     let broker = start_broker();
-    let brokers = format!("127.0.0.1:{}", broker.port);
+    let brokers = broker.brokers();
     let rt = rt();
     load(&brokers, &rt);
     let fraud = fraud_alerts();
@@ -607,8 +560,8 @@ fn wall_micros() -> i64 {
 
 /// Latencies in microseconds, sorted: (read back, produced by the relay).
 fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
-    let broker = start_broker_with(storage);
-    let brokers = format!("127.0.0.1:{}", broker.port);
+    let broker = Broker::start_with(storage);
+    let brokers = broker.brokers();
     let rt = rt();
     for t in ["in", "out"] {
         rt.block_on(cep::service::produce::create_topic(&brokers, t, 1))

@@ -24,7 +24,6 @@
 //! restarts; see the README.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -100,21 +99,9 @@ impl Store {
         Ok(Some(c))
     }
 
-    /// Writes atomically: temporary file, fsync, rename, fsync directory.
+    /// Writes atomically (see [`crate::service::durable::write_atomically`]).
     pub fn save(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::service::durable::write_atomically(&self.path, bytes)
     }
 }
 

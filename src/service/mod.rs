@@ -18,6 +18,7 @@
 pub mod api;
 pub mod checkpoint;
 pub mod client;
+pub mod durable;
 pub mod http;
 pub mod ledger;
 pub mod metrics;

@@ -666,28 +666,15 @@ async fn fallback_write(path: &std::path::Path, msg: &Outgoing, reason: &str) {
             .collect::<BTreeMap<_, _>>(),
     })
     .to_string();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let r = (|| -> std::io::Result<()> {
-            use std::io::Write;
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            f.write_all(line.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_data()
-        })();
-        match r {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::error!(error = %e, path = %path.display(), "retrying a fallback write");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let what = format!("a fallback write to {}", path.display());
+    crate::service::durable::until_ok(
+        &what,
+        || {},
+        || {
+            let r = crate::service::durable::append_lines(path, std::iter::once(line.as_bytes()))
+                .map_err(|e| e.to_string());
+            async move { r }
+        },
+    )
+    .await;
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::compiler::{compile_source, Automaton};
 use crate::dsl::error::DiagnosticJson;
+use crate::service::durable::write_atomically;
 use crate::service::pipeline::Command;
 
 /// One registered pattern.
@@ -84,25 +85,6 @@ fn meta_path(dir: &Path) -> PathBuf {
     dir.join(".cep-registry.json")
 }
 
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename,
-/// fsync of the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp~");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 impl Registry {
     /// The registry of `automata`, which were loaded from `dir` (files are
     /// matched to patterns by name). Versions and modes saved by earlier
@@ -136,8 +118,10 @@ impl Registry {
                 Some(m) => a.with_meta(m.version, m.shadow),
                 None => a,
             };
+            // A pattern sharing its file shows its own canonical source.
             let (file, source, shared) = match files.get(&a.name) {
-                Some((f, text, n)) => (Some(f.clone()), text.clone(), *n > 1),
+                Some((f, _, n)) if *n > 1 => (Some(f.clone()), a.source.clone(), true),
+                Some((f, text, _)) => (Some(f.clone()), text.clone(), false),
                 None => (None, a.source.clone(), false),
             };
             running.push(a.clone());
@@ -145,11 +129,7 @@ impl Registry {
                 a.name.clone(),
                 Entry {
                     automaton: a,
-                    source: if shared {
-                        running.last().unwrap().source.clone()
-                    } else {
-                        source
-                    },
+                    source,
                     file,
                     shared_file: shared,
                     loaded_at: loaded_at.clone(),

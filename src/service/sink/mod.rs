@@ -12,9 +12,8 @@ pub mod kafka;
 pub mod webhook;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -22,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DeadLetterConfig, SinkConfig};
 use crate::engine::Alert;
+use crate::service::durable::{self, append_lines};
 use crate::service::ledger::{Ledger, Ticket};
 use crate::service::metrics::{Metrics, SinkCounters};
 use kafka::{Outgoing, Producer};
@@ -163,18 +163,17 @@ async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: Si
                 while let Ok(d) = rx.try_recv() {
                     batch.push(d);
                 }
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    match append_lines(&path, batch.iter().map(|d| d.alert.body.as_slice())) {
-                        Ok(()) => break,
-                        Err(e) => {
-                            counters.retries.inc();
-                            tracing::error!(sink = %name, path = %path.display(), error = %e, "retrying a file write");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(10));
-                        }
-                    }
-                }
+                let lines = || batch.iter().map(|d| d.alert.body.as_slice());
+                let what = format!("a write to {}", path.display());
+                durable::until_ok(
+                    &what,
+                    || counters.retries.inc(),
+                    || {
+                        let r = append_lines(&path, lines()).map_err(|e| e.to_string());
+                        async move { r }
+                    },
+                )
+                .await;
                 for d in batch {
                     counters.successes.inc();
                     env.ledger.settle(d.ticket);
@@ -227,23 +226,6 @@ pub fn alert_record(topic: &str, a: &AlertOut) -> Outgoing {
     }
 }
 
-fn append_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a [u8]>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let mut buf = Vec::new();
-    for l in lines {
-        buf.extend_from_slice(l);
-        buf.push(b'\n');
-    }
-    f.write_all(&buf)?;
-    f.sync_data()
-}
-
 /// Where a sink puts alerts it cannot deliver.
 pub enum DeadLetter {
     File(PathBuf),
@@ -274,30 +256,28 @@ impl DeadLetter {
     /// Writes the alert with the reason; retries until it is written.
     pub async fn write(&self, a: &AlertOut, reason: &str) {
         tracing::error!(alert_id = %a.id, pattern = %a.pattern, reason, "alert dead-lettered");
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let result = match self {
-                DeadLetter::File(path) => {
-                    let alert: serde_json::Value =
-                        serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
-                    let line = serde_json::json!({"reason": reason, "alert": alert}).to_string();
-                    append_lines(path, std::iter::once(line.as_bytes())).map_err(|e| e.to_string())
+        durable::until_ok(
+            "a dead-letter write",
+            || {},
+            || async {
+                match self {
+                    DeadLetter::File(path) => {
+                        let alert: serde_json::Value =
+                            serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+                        let line =
+                            serde_json::json!({"reason": reason, "alert": alert}).to_string();
+                        append_lines(path, std::iter::once(line.as_bytes()))
+                            .map_err(|e| e.to_string())
+                    }
+                    DeadLetter::Topic(p, topic, counters) => {
+                        let mut msg = alert_record(topic, a);
+                        msg.headers
+                            .push(("cep-reason".into(), reason.as_bytes().to_vec()));
+                        p.deliver(msg, counters.clone()).await
+                    }
                 }
-                DeadLetter::Topic(p, topic, counters) => {
-                    let mut msg = alert_record(topic, a);
-                    msg.headers
-                        .push(("cep-reason".into(), reason.as_bytes().to_vec()));
-                    p.deliver(msg, counters.clone()).await
-                }
-            };
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "retrying a dead-letter write");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+            },
+        )
+        .await;
     }
 }
