@@ -130,7 +130,7 @@ fn benches(c: &mut Criterion) {
     } else {
         "data/flights-2013-01.csv"
     };
-    let automata = match cep::cli::load_patterns(std::path::Path::new("patterns/flights")) {
+    let automata = match cep::compiler::load_patterns(std::path::Path::new("patterns/flights")) {
         Ok(a) => a,
         Err(e) => return eprintln!("replay/flights skipped: {e}"),
     };

@@ -1,4 +1,4 @@
-//! `cep serve` against a real broker (tansu, memory storage, loopback):
+//! `cep serve` against a real broker (nisshi, memory storage, loopback):
 //!
 //! - `service/passthrough`: a plain rdkafka consume → produce loop copying
 //!   every record of the input topic to an output topic;
@@ -11,7 +11,7 @@
 //! when the last output is acknowledged by the broker. After criterion's
 //! groups, a fixed-rate run prints event → alert latency percentiles.
 //!
-//! Needs tansu (`scripts/install-tansu.sh`). Run: `cargo bench --bench service`.
+//! Needs nisshi (`scripts/install-broker.sh`). Run: `cargo bench --bench service`.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -38,7 +38,7 @@ use broker::Broker;
 /// The broker for throughput runs: memory storage, fast, and correct for
 /// consumers that start at offset 0 (see ../shared/kafka-broker.md).
 fn start_broker() -> Broker {
-    Broker::start_with("memory://tansu/")
+    Broker::start_with("memory://nisshi/")
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -422,7 +422,7 @@ fn hot_load_to_first_match(c: &mut Criterion) {
 fn fraud_source() -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("patterns/fraud");
     let mut s = String::new();
-    for f in cep::cli::pattern_files(&dir) {
+    for f in cep::compiler::pattern_files(&dir) {
         s.push_str(
             &std::fs::read_to_string(f)
                 .unwrap()
@@ -524,7 +524,7 @@ fn bench_service(c: &mut Criterion) {
 /// (1 ms here); the configured lateness is 0, so nothing else is netted out.
 fn latency() {
     let storage =
-        std::env::var("CEP_BENCH_LATENCY_STORAGE").unwrap_or_else(|_| "memory://tansu/".into());
+        std::env::var("CEP_BENCH_LATENCY_STORAGE").unwrap_or_else(|_| "memory://nisshi/".into());
     for relay in [Relay::Passthrough, Relay::Cep] {
         let (total, emitted) = latency_run(&storage, relay);
         let pct =

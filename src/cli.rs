@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use crate::compiler::{compile_source, dot, Automaton};
+use crate::compiler::{compile_source, dot, load_patterns, pattern_files};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, Output};
 use crate::input::{self, Format, Payload};
@@ -48,8 +48,9 @@ pub enum Command {
         /// [default: data/flights-2013-01.csv].
         #[arg(long)]
         input: Option<String>,
-        /// Input format; guessed from the file name by default.
-        #[arg(long, value_parser = ["jsonl", "csv"])]
+        /// Input format; guessed from the file name by default. `dead-letter`
+        /// reads a `--dead-letter` file again (after fixing its records).
+        #[arg(long, value_parser = ["jsonl", "csv", "dead-letter"])]
         format: Option<String>,
         /// Only patterns reading this stream (`from NAME`).
         #[arg(long)]
@@ -69,7 +70,9 @@ pub enum Command {
         /// Write late events here (JSON lines).
         #[arg(long)]
         late: Option<PathBuf>,
-        /// Write unreadable records and undecodable events here (JSON lines).
+        /// Write unreadable records and undecodable events here, one JSON
+        /// line per record with its line, bytes and every reason (read it
+        /// back with `--format dead-letter`).
         #[arg(long)]
         dead_letter: Option<PathBuf>,
         /// At the end, close only windows that end by the newest event time:
@@ -96,9 +99,14 @@ pub enum Command {
     },
     /// Load events from a file (JSON lines or CSV) into a Kafka topic.
     Produce {
-        /// Bootstrap servers [default: `CEP_KAFKA_BROKERS`, else 127.0.0.1:9092].
+        /// Bootstrap servers [default: `kafka.brokers` of `--config`, else
+        /// `CEP_KAFKA_BROKERS`, else 127.0.0.1:9092].
         #[arg(long)]
         brokers: Option<String>,
+        /// Connect as `[kafka]` of this settings file says (TLS, SASL,
+        /// options); without it, plaintext.
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         topic: String,
         /// JSON lines or CSV (header row = field names), optionally zipped; `-` for stdin.
@@ -138,15 +146,30 @@ pub fn run(cli: Cli) -> i32 {
         Command::Serve { config, patterns } => serve(&config, patterns),
         Command::Produce {
             brokers,
+            config,
             topic,
             input,
             key_field,
             partitions,
-        } => {
+        } => (|| {
+            let kafka = match config {
+                Some(path) => {
+                    let mut k = Config::load(&path)?
+                        .kafka
+                        .ok_or_else(|| format!("{}: no [kafka] section", path.display()))?;
+                    if let Some(b) = brokers {
+                        k.brokers = b;
+                    }
+                    k
+                }
+                None => crate::config::KafkaSection::connect_only(
+                    &brokers
+                        .or_else(|| std::env::var("CEP_KAFKA_BROKERS").ok())
+                        .unwrap_or_else(|| "127.0.0.1:9092".into()),
+                ),
+            };
             let args = crate::service::produce::ProduceArgs {
-                brokers: brokers
-                    .or_else(|| std::env::var("CEP_KAFKA_BROKERS").ok())
-                    .unwrap_or_else(|| "127.0.0.1:9092".into()),
+                kafka,
                 topic,
                 input,
                 key_field,
@@ -159,7 +182,7 @@ pub fn run(cli: Cli) -> i32 {
                     eprintln!("produced {n} records to {}", args.topic);
                     0
                 })
-        }
+        })(),
         Command::Replay {
             config,
             patterns,
@@ -204,6 +227,7 @@ pub fn run(cli: Cli) -> i32 {
             };
             let format = match format.as_deref() {
                 Some("csv") => Format::Csv,
+                Some("dead-letter") => Format::DeadLetter,
                 Some(_) => Format::JsonLines,
                 None => Format::from_path(&input),
             };
@@ -236,33 +260,6 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("error: {e}");
             2
         }
-    }
-}
-
-/// Every `*.cep` file under `path` (or `path` itself), sorted.
-pub fn pattern_files(path: &Path) -> Vec<PathBuf> {
-    input::files_ending(path, ".cep")
-}
-
-/// Compiles every pattern file under `path`.
-pub fn load_patterns(path: &Path) -> Result<Vec<Automaton>, String> {
-    let files = pattern_files(path);
-    if files.is_empty() {
-        return Err(format!("no pattern files (*.cep) at {}", path.display()));
-    }
-    let mut all = Vec::new();
-    let mut errors = String::new();
-    for f in files {
-        let src = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-        match compile_source(&f.display().to_string(), &src) {
-            Ok(mut a) => all.append(&mut a),
-            Err(d) => errors.push_str(&d.render()),
-        }
-    }
-    if errors.is_empty() {
-        Ok(all)
-    } else {
-        Err(format!("patterns do not compile:\n{errors}"))
     }
 }
 
@@ -355,95 +352,49 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
             .map(BufWriter::new)
             .map_err(|e| format!("{}: {e}", p.display()))
     };
-    let mut late_out = args.late.map(create).transpose()?;
-    let mut dead_out = args.dead_letter.map(create).transpose()?;
+    let mut sides = SideOutputs {
+        late: args.late.map(create).transpose()?,
+        dead: args.dead_letter.map(create).transpose()?,
+        counts: ReplayCounts::default(),
+    };
     let stdout = io::stdout();
     let mut alerts_out = BufWriter::with_capacity(1 << 16, stdout.lock());
 
     let started = Instant::now();
-    // `late` and `rejected` count (record, pattern) pairs; the `_records`
-    // counts, records that at least one pattern found late or undecodable.
-    let (mut events, mut bad, mut late, mut rejected) = (0u64, 0u64, 0u64, 0u64);
-    let (mut late_records, mut rejected_records) = (0u64, 0u64);
-    let mut first_problems: Vec<String> = Vec::new();
     let mut out = Output::default();
-    let mut write_out = |out: &mut Output,
-                         first: &mut Vec<String>,
-                         bad: Option<input::BadRecord>|
-     -> io::Result<()> {
-        if let (Some(b), Some(w)) = (bad, dead_out.as_mut()) {
-            serde_json::to_writer(&mut *w, &b)?;
-            w.write_all(b"\n")?;
-        }
-        for a in out.alerts.drain(..) {
-            serde_json::to_writer(&mut alerts_out, &a)?;
-            alerts_out.write_all(b"\n")?;
-        }
-        late += out.late.len() as u64;
-        for l in out.late.drain(..) {
-            if let Some(w) = late_out.as_mut() {
-                serde_json::to_writer(&mut *w, &l)?;
-                w.write_all(b"\n")?;
-            }
-        }
-        rejected += out.rejected.len() as u64;
-        for r in out.rejected.drain(..) {
-            if first.len() < 5 {
-                first.push(format!("pattern {}: {}", r.pattern, r.reason));
-            }
-            if let Some(w) = dead_out.as_mut() {
-                serde_json::to_writer(&mut *w, &r)?;
-                w.write_all(b"\n")?;
-            }
-        }
-        Ok(())
-    };
     let io_err = |e: io::Error| format!("writing output: {e}");
     for (n, rec) in records.enumerate() {
-        let mut unreadable = None;
-        match rec {
+        let fate = match rec {
             Ok(r) => {
-                events += 1;
                 if n % 4096 == 0 {
                     bar.inc(r.bytes * 4096);
                 }
-                match r.payload {
-                    Payload::Doc(doc) => engine.push(args.stream, &Arc::new(doc), r.hash, &mut out),
-                    Payload::Json(text) => {
-                        if let Err(e) = engine.push_json(args.stream, &text, r.hash, &mut out) {
-                            events -= 1;
-                            bad += 1;
-                            if first_problems.len() < 5 {
-                                first_problems.push(format!("line {}: {e}", r.line));
-                            }
-                            unreadable = Some(input::BadRecord {
-                                line: r.line,
-                                reason: e.0,
-                                raw: String::from_utf8_lossy(&text).into_owned(),
-                            });
-                        }
-                    }
-                }
-                late_records += u64::from(!out.late.is_empty());
-                rejected_records += u64::from(!out.rejected.is_empty());
+                push(&mut engine, args.stream, args.input, r, &mut out)
             }
-            Err(b) => {
-                bad += 1;
-                if first_problems.len() < 5 {
-                    first_problems.push(format!("line {}: {}", b.line, b.reason));
-                }
-                unreadable = Some(b);
-            }
-        }
-        write_out(&mut out, &mut first_problems, unreadable).map_err(io_err)?;
+            Err(b) => Fate::Unreadable(b.dead_letter(args.input)),
+        };
+        sides.record(&mut out, fate).map_err(io_err)?;
+        sides.late(&mut out).map_err(io_err)?;
+        write_alerts(&mut out, &mut alerts_out).map_err(io_err)?;
     }
     if args.keep_open {
         engine.drain(&mut out);
     } else {
         engine.flush(&mut out);
     }
-    write_out(&mut out, &mut first_problems, None).map_err(io_err)?;
+    sides.late(&mut out).map_err(io_err)?;
+    write_alerts(&mut out, &mut alerts_out).map_err(io_err)?;
     alerts_out.flush().map_err(io_err)?;
+    sides.flush().map_err(io_err)?;
+    let ReplayCounts {
+        events,
+        bad,
+        late,
+        rejected,
+        late_records,
+        rejected_records,
+        first_problems,
+    } = sides.counts;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
 
@@ -499,6 +450,145 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
         );
     }
     Ok(0)
+}
+
+/// What became of a record in `replay`.
+enum Fate {
+    Read,
+    /// It could not be read (not JSON, not an object, a bad CSV row).
+    Unreadable(crate::deadletter::DeadLetter),
+    /// Read, but at least one pattern could not decode it (the reasons are
+    /// in the dead letter and in the engine's output).
+    Refused(crate::deadletter::DeadLetter),
+}
+
+/// Pushes one record into the engine.
+fn push(
+    engine: &mut Engine,
+    stream: Option<&str>,
+    input: &str,
+    r: input::Record,
+    out: &mut Output,
+) -> Fate {
+    use crate::deadletter::{DeadLetter, Origin};
+    let origin = || Origin::File {
+        input: input.to_string(),
+        line: r.line,
+    };
+    let text = match r.payload {
+        Payload::Json(text) => {
+            if let Err(e) = engine.push_json(stream, &text, r.hash, out) {
+                return Fate::Unreadable(DeadLetter::new(origin(), &text, vec![e.0]));
+            }
+            Some(text)
+        }
+        Payload::Doc(doc) => {
+            engine.push(stream, &Arc::new(doc), r.hash, out);
+            None
+        }
+    };
+    if out.rejected.is_empty() {
+        return Fate::Read;
+    }
+    let reasons = out
+        .rejected
+        .iter()
+        .map(|x| format!("pattern {}: {}", x.pattern, x.reason))
+        .collect();
+    Fate::Refused(match (text, r.csv) {
+        (Some(text), _) => DeadLetter::new(origin(), &text, reasons),
+        (None, Some(csv)) => {
+            let mut d = DeadLetter::new(origin(), &csv.to_bytes(), reasons);
+            d.csv_header = Some(csv.header.to_vec());
+            d
+        }
+        (None, None) => unreachable!("a document comes from a CSV row"),
+    })
+}
+
+fn write_alerts(out: &mut Output, w: &mut impl Write) -> io::Result<()> {
+    for a in out.alerts.drain(..) {
+        serde_json::to_writer(&mut *w, &a)?;
+        w.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// What `replay` counts besides alerts. `late` and `rejected` count
+/// (record, pattern) pairs; the `_records` counts, records that at least one
+/// pattern found late or undecodable.
+#[derive(Default)]
+struct ReplayCounts {
+    events: u64,
+    bad: u64,
+    late: u64,
+    rejected: u64,
+    late_records: u64,
+    rejected_records: u64,
+    first_problems: Vec<String>,
+}
+
+/// The late-event and dead-letter files of a replay.
+struct SideOutputs {
+    late: Option<BufWriter<std::fs::File>>,
+    dead: Option<BufWriter<std::fs::File>>,
+    counts: ReplayCounts,
+}
+
+impl SideOutputs {
+    /// Counts what became of one record and writes its dead letter, if it
+    /// has one: one per record, whatever the number of patterns that
+    /// refused it.
+    fn record(&mut self, out: &mut Output, fate: Fate) -> io::Result<()> {
+        let c = &mut self.counts;
+        let letter = match fate {
+            Fate::Read => None,
+            Fate::Unreadable(d) => Some(d),
+            Fate::Refused(d) => Some(d),
+        };
+        if out.rejected.is_empty() && letter.is_some() {
+            c.bad += 1;
+        } else {
+            c.events += 1;
+        }
+        c.late_records += u64::from(!out.late.is_empty());
+        c.rejected_records += u64::from(!out.rejected.is_empty());
+        c.rejected += out.rejected.len() as u64;
+        out.rejected.clear();
+        let Some(d) = letter else {
+            return Ok(());
+        };
+        if c.first_problems.len() < 5 {
+            if let crate::deadletter::Origin::File { line, .. } = d.origin {
+                c.first_problems
+                    .push(format!("line {line}: {}", d.reasons.join("; ")));
+            }
+        }
+        if let Some(w) = self.dead.as_mut() {
+            w.write_all(d.to_line().as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the late events in `out`.
+    fn late(&mut self, out: &mut Output) -> io::Result<()> {
+        self.counts.late += out.late.len() as u64;
+        for l in out.late.drain(..) {
+            if let Some(w) = self.late.as_mut() {
+                serde_json::to_writer(&mut *w, &l)?;
+                w.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        for w in [&mut self.late, &mut self.dead].into_iter().flatten() {
+            w.flush()?;
+        }
+        Ok(())
+    }
 }
 
 fn test(path: &Path) -> Result<i32, String> {

@@ -1,23 +1,31 @@
-//! Reading input files: JSON lines or CSV, plain or zipped, or stdin.
+//! Reading input files: JSON lines, CSV or dead letters, plain or zipped,
+//! or stdin.
 //!
 //! Every record becomes a JSON document plus a stable hash of its bytes (the
 //! event's identity in alert ids). CSV rows become objects keyed by the
 //! header row; numbers become numbers, and empty cells or `NA` are left out,
 //! so `dep_delay is missing` finds a cancelled flight. JSON lines stay text
 //! until the engine reads the fields it needs. A record that cannot be read
-//! is returned as a [`BadRecord`] with its line and reason (as is a JSON line
-//! the engine finds malformed): the caller sends it to the dead-letter
-//! output, it is never skipped silently.
+//! is returned as a [`BadRecord`] with its line, its bytes and the reason
+//! (as is a JSON line the engine finds malformed): the caller sends it to
+//! the dead-letter output ([`crate::deadletter`]), it is never skipped
+//! silently. A record keeps what it was read from ([`Record::raw`]) so that
+//! one a pattern refuses later can be dead-lettered whole.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::Arc;
 
+use crate::deadletter::DeadLetter;
 use crate::event::stable_hash;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     JsonLines,
     Csv,
+    /// A dead-letter file ([`crate::deadletter`]): each entry's bytes are
+    /// read again as the record they were.
+    DeadLetter,
 }
 
 impl Format {
@@ -63,14 +71,56 @@ pub struct Record {
     pub line: u64,
     /// Bytes the record took in the input (for progress).
     pub bytes: u64,
+    /// The CSV row a [`Payload::Doc`] was built from (JSON text is its own
+    /// raw form).
+    pub csv: Option<CsvRow>,
+}
+
+/// A CSV row as read, with the header that names its cells.
+#[derive(Clone, Debug)]
+pub struct CsvRow {
+    pub header: Arc<[String]>,
+    pub row: csv::ByteRecord,
+}
+
+impl CsvRow {
+    /// The row as one line of CSV (quoted where a cell needs it).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new());
+        // Writing to memory cannot fail.
+        let _ = w.write_byte_record(&self.row);
+        let mut bytes = w.into_inner().unwrap_or_default();
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        bytes
+    }
 }
 
 /// A record that could not be read.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug)]
 pub struct BadRecord {
     pub line: u64,
     pub reason: String,
-    pub raw: String,
+    /// Its bytes, as far as they could be read.
+    pub raw: Vec<u8>,
+    /// For a CSV row: the file's header.
+    pub csv_header: Option<Arc<[String]>>,
+}
+
+impl BadRecord {
+    /// The dead letter of this record, read from `input`.
+    pub fn dead_letter(&self, input: &str) -> DeadLetter {
+        let origin = crate::deadletter::Origin::File {
+            input: input.to_string(),
+            line: self.line,
+        };
+        let mut d = DeadLetter::new(origin, &self.raw, vec![self.reason.clone()]);
+        d.csv_header = self.csv_header.as_ref().map(|h| h.to_vec());
+        d
+    }
 }
 
 pub type Records = Box<dyn Iterator<Item = Result<Record, BadRecord>>>;
@@ -96,11 +146,17 @@ pub fn open(
         let len = f.metadata()?.len();
         (Box::new(f), Some(len))
     };
-    let records: Records = match format {
-        Format::JsonLines => Box::new(json_lines(BufReader::with_capacity(1 << 16, reader))),
+    Ok((read(reader, format, null_values)?, len))
+}
+
+/// The records of `reader` in `format`.
+pub fn read(reader: Box<dyn Read>, format: Format, null_values: &[String]) -> io::Result<Records> {
+    let lines = |r| BufReader::with_capacity(1 << 16, r);
+    Ok(match format {
+        Format::JsonLines => Box::new(json_lines(lines(reader))),
         Format::Csv => Box::new(csv_rows(reader, null_values.to_vec())?),
-    };
-    Ok((records, len))
+        Format::DeadLetter => Box::new(dead_letters(lines(reader), null_values.to_vec())),
+    })
 }
 
 fn json_lines(reader: impl BufRead) -> impl Iterator<Item = Result<Record, BadRecord>> {
@@ -112,7 +168,8 @@ fn json_lines(reader: impl BufRead) -> impl Iterator<Item = Result<Record, BadRe
                 return Some(Err(BadRecord {
                     line: line_no,
                     reason: format!("read error: {e}"),
-                    raw: String::new(),
+                    raw: Vec::new(),
+                    csv_header: None,
                 }))
             }
         };
@@ -130,6 +187,7 @@ fn json_lines(reader: impl BufRead) -> impl Iterator<Item = Result<Record, BadRe
             payload: Payload::Json(text),
             line: line_no,
             bytes: size,
+            csv: None,
         }))
     })
 }
@@ -138,10 +196,13 @@ fn csv_rows(
     reader: impl Read + 'static,
     null_values: Vec<String>,
 ) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
+    // Flexible: a row of the wrong width is reported here, with its bytes,
+    // rather than as the reader's error without them.
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
+        .flexible(true)
         .from_reader(reader);
-    let headers: Vec<String> = rdr
+    let header: Arc<[String]> = rdr
         .headers()
         .map_err(io::Error::other)?
         .iter()
@@ -152,27 +213,111 @@ fn csv_rows(
         let row = row.map_err(|e| BadRecord {
             line,
             reason: format!("invalid CSV: {e}"),
-            raw: String::new(),
+            raw: Vec::new(),
+            csv_header: Some(header.clone()),
         })?;
-        let mut obj = serde_json::Map::with_capacity(headers.len());
-        let mut hash_input = Vec::with_capacity(row.as_slice().len() + row.len());
-        for (i, cell) in row.iter().enumerate() {
-            hash_input.extend_from_slice(cell);
-            hash_input.push(b',');
-            let Some(name) = headers.get(i) else { continue };
-            let text = String::from_utf8_lossy(cell);
-            if text.is_empty() || null_values.iter().any(|n| *n == text) {
-                continue;
-            }
-            obj.insert(name.clone(), cell_value(&text));
+        let csv = CsvRow {
+            header: header.clone(),
+            row,
+        };
+        if csv.row.len() != header.len() {
+            return Err(BadRecord {
+                line,
+                reason: format!(
+                    "invalid CSV: the row has {} fields, the header {}",
+                    csv.row.len(),
+                    header.len()
+                ),
+                raw: csv.to_bytes(),
+                csv_header: Some(header.clone()),
+            });
         }
-        Ok(Record {
-            payload: Payload::Doc(serde_json::Value::Object(obj)),
-            bytes: hash_input.len() as u64,
-            hash: stable_hash(&hash_input, 0),
-            line,
-        })
+        Ok(csv_record(csv, &null_values, line))
     }))
+}
+
+/// A CSV row as a record: a document keyed by the header.
+fn csv_record(csv: CsvRow, null_values: &[String], line: u64) -> Record {
+    let mut obj = serde_json::Map::with_capacity(csv.header.len());
+    let mut hash_input = Vec::with_capacity(csv.row.as_slice().len() + csv.row.len());
+    for (i, cell) in csv.row.iter().enumerate() {
+        hash_input.extend_from_slice(cell);
+        hash_input.push(b',');
+        let Some(name) = csv.header.get(i) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(cell);
+        if text.is_empty() || null_values.iter().any(|n| *n == text) {
+            continue;
+        }
+        obj.insert(name.clone(), cell_value(&text));
+    }
+    Record {
+        payload: Payload::Doc(serde_json::Value::Object(obj)),
+        bytes: hash_input.len() as u64,
+        hash: stable_hash(&hash_input, 0),
+        line,
+        csv: Some(csv),
+    }
+}
+
+/// Entries of a dead-letter file, each read again as the record it holds
+/// (a JSON line, or a CSV row with its header), with the same identity as
+/// the original. An entry that is itself unreadable is a [`BadRecord`].
+fn dead_letters(
+    reader: impl BufRead,
+    null_values: Vec<String>,
+) -> impl Iterator<Item = Result<Record, BadRecord>> {
+    json_lines(reader).map(move |r| {
+        let r = r?;
+        let Payload::Json(text) = &r.payload else {
+            unreachable!("JSON lines are text")
+        };
+        let bad = |reason: String| BadRecord {
+            line: r.line,
+            reason,
+            raw: text.clone(),
+            csv_header: None,
+        };
+        let entry = DeadLetter::from_line(text).map_err(bad)?;
+        let bytes = entry.bytes().map_err(bad)?;
+        let Some(header) = entry.csv_header else {
+            let mut text = bytes;
+            let trimmed = text.trim_ascii();
+            if trimmed.len() != text.len() {
+                text = trimmed.to_vec();
+            }
+            return Ok(Record {
+                hash: stable_hash(&text, 0),
+                payload: Payload::Json(text),
+                line: r.line,
+                bytes: r.bytes,
+                csv: None,
+            });
+        };
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&bytes[..]);
+        let mut row = csv::ByteRecord::new();
+        match rdr.read_byte_record(&mut row) {
+            Ok(true) if row.len() == header.len() => {}
+            Ok(_) => {
+                return Err(bad(format!(
+                    "the row does not have the {} fields of its header",
+                    header.len()
+                )))
+            }
+            Err(e) => return Err(bad(format!("invalid CSV: {e}"))),
+        }
+        let csv = CsvRow {
+            header: header.into(),
+            row,
+        };
+        let mut rec = csv_record(csv, &null_values, r.line);
+        rec.bytes = r.bytes;
+        Ok(rec)
+    })
 }
 
 /// A CSV cell: integers and decimals as numbers, anything else as text.

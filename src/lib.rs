@@ -18,27 +18,34 @@
 //!
 //! Around it:
 //!
-//! - [`input`]: JSON lines and CSV readers.
+//! - [`input`]: JSON lines, CSV and dead-letter readers.
+//! - [`deadletter`]: the one shape of a rejected record, for `replay` and
+//!   the service.
 //! - [`testfile`]: pattern test files (events in → expected alerts out).
 //! - [`gen`]: a seeded card-transaction generator for tests and benchmarks.
 //! - [`config`]: `config.toml`, documented field by field.
 //! - [`cli`]: the `cep` command (`check`, `replay`, `test`, `explain`,
 //!   `serve`, `produce`).
 //!
-//! The service shell (tokio, rdkafka, axum; never used by the core):
+//! The service shell (tokio, rdkafka, axum; never used by the core), behind
+//! the default feature `service` so that the core builds without them (the
+//! fuzz targets do):
 //!
 //! - [`service`]: `cep serve` — Kafka source, event-time pipeline, sinks,
 //!   checkpoints, metrics and health endpoints.
 
+#[cfg(feature = "service")]
 pub mod cli;
 pub mod compiler;
 pub mod config;
+pub mod deadletter;
 pub mod dsl;
 pub mod engine;
 pub mod event;
 pub mod extract;
 pub mod gen;
 pub mod input;
+#[cfg(feature = "service")]
 pub mod service;
 pub mod testfile;
 pub mod time;

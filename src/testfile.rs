@@ -130,7 +130,7 @@ pub fn run_all(path: &Path) -> (usize, Vec<String>) {
 /// Runs every case of one test file.
 pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let tf: TestFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let tf = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let default_patterns = || {
         let name = path.file_name().unwrap().to_string_lossy();
         path.with_file_name(name.trim_end_matches(".test.toml").to_string() + ".cep")
@@ -146,6 +146,21 @@ pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, String> {
     } else {
         None
     };
+    run_parsed(path, &tf, file_automata.as_deref())
+}
+
+/// Reads a test file's text.
+pub fn parse(text: &str) -> Result<TestFile, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Runs every case of a parsed test file (`path` names it in results);
+/// `file_automata` are the patterns of the file it tests, if any.
+pub fn run_parsed(
+    path: &Path,
+    tf: &TestFile,
+    file_automata: Option<&[Automaton]>,
+) -> Result<Vec<CaseResult>, String> {
     let default_lateness = tf
         .lateness
         .as_deref()
@@ -154,7 +169,7 @@ pub fn run_file(path: &Path) -> Result<Vec<CaseResult>, String> {
         .unwrap_or(0);
     let mut results = Vec::new();
     for case in &tf.cases {
-        let failures = match run_case(case, file_automata.as_deref(), default_lateness) {
+        let failures = match run_case(case, file_automata, default_lateness) {
             Ok(f) => f,
             Err(e) => vec![e],
         };

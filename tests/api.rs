@@ -247,6 +247,74 @@ fn patterns_change_over_http_while_events_flow() {
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
 
+/// `%`-encodes every byte outside `[A-Za-z0-9_-]`, as a client puts a
+/// name in a URL path.
+fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn pattern_names_cannot_reach_outside_the_patterns_directory() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    let dir = scratch("api-names");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    let api = Api { serve: &serve };
+    let outside = dir.join("evil_escape");
+    let escape = format!("../../../../../../../..{}", outside.display());
+    let absolute = outside.display().to_string();
+    let long = "p".repeat(129);
+    let cases: [(&str, &str); 9] = [
+        (&escape, "`/` or `\\`"),
+        (&absolute, "`/` or `\\`"),
+        ("..", "`..`"),
+        ("a..b", "`..`"),
+        (".cep-registry", "start with `.`"),
+        ("a\\b", "`/` or `\\`"),
+        ("c:evil", "`:`"),
+        ("tab\there", "control characters"),
+        (&long, "longer than 128 bytes"),
+    ];
+    for (name, why) in cases {
+        // A valid pattern of that (back-quoted) name: only the name is wrong.
+        let body = BIG.replace("pattern big", &format!("pattern `{name}`"));
+        let (s, v) = api.call(
+            "PUT",
+            &format!("/patterns/{}", encode(name)),
+            Some(TOKEN),
+            &body,
+        );
+        assert_eq!(s, 400, "{name:?}: {v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("pattern name") && error.contains(why),
+            "{name:?}: {error}"
+        );
+    }
+    assert!(!outside.with_extension("cep").exists());
+    assert!(!Path::new("/evil_escape.cep").exists());
+    let written: Vec<_> = std::fs::read_dir(dir.join("patterns"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+    // The longest allowed name and ordinary punctuation still work.
+    let ok = "p".repeat(128);
+    let body = BIG.replace("pattern big", &format!("pattern `{ok}`"));
+    let (s, v) = api.call("PUT", &format!("/patterns/{ok}"), Some(TOKEN), &body);
+    assert_eq!(s, 200, "{v}");
+    assert!(dir.join(format!("patterns/{ok}.cep")).exists());
+    let _ = std::fs::remove_dir_all(Path::new(&dir));
+}
+
 #[test]
 fn changes_are_refused_without_a_configured_token() {
     let broker = Broker::start();

@@ -192,3 +192,242 @@ fn explain_prints_graphviz() {
     assert_eq!(code, 2);
     assert!(err.contains("no pattern named `nope`"), "{err}");
 }
+
+/// Four patterns that all need `card.id` and `ts`.
+fn four_patterns() -> PathBuf {
+    let mut text = String::from(FRAUD);
+    for n in 2..=4 {
+        text.push_str(&FRAUD.replace("small_then_large", &format!("small_then_large_{n}")));
+    }
+    scratch("four.cep", &text)
+}
+
+fn lines_of(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn each_rejected_record_is_dead_lettered_once_with_its_bytes_and_every_reason() {
+    let patterns = four_patterns();
+    let mut input: Vec<Vec<u8>> = Vec::new();
+    for n in 0..300 {
+        let e = format!(
+            r#"{{"card":{{"id":"c{}"}},"ts":{},"amount":{}}}"#,
+            n % 7,
+            1000 + n * 10,
+            50 + n
+        );
+        input.push(e.into_bytes());
+    }
+    // Broken records, each at a known line: not JSON, not an object, no key
+    // (refused by all four patterns), a time that does not parse, bytes
+    // that are not UTF-8.
+    let broken: [(usize, Vec<u8>); 6] = [
+        (10, br#"{"card":{"id":"c1"},"ts":2000,"amount":"#.to_vec()),
+        (50, b"[1, 2, 3]".to_vec()),
+        (100, br#"{"ts":4000,"amount":5}"#.to_vec()),
+        (101, br#"{"ts":4100,"amount":900}"#.to_vec()),
+        (
+            200,
+            br#"{"card":{"id":"c2"},"ts":"yesterday","amount":1}"#.to_vec(),
+        ),
+        (250, b"{\"card\":{\"id\":\"c\xff\"},\"ts\":1}".to_vec()),
+    ];
+    for (at, bytes) in &broken {
+        input.insert(*at, bytes.clone());
+    }
+    let mut text = input.join(&b'\n');
+    text.push(b'\n');
+    let dir = scratch("dl-placeholder", "")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = dir.join("dl-input.jsonl");
+    std::fs::write(&path, &text).unwrap();
+    let dead = dir.join("dl-dead.jsonl");
+    let (code, _, err) = cep(&[
+        "replay",
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--input",
+        path.to_str().unwrap(),
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let entries = lines_of(&dead);
+    assert_eq!(
+        entries.len(),
+        broken.len(),
+        "one entry per record: {entries:#?}"
+    );
+    for ((at, bytes), e) in broken.iter().zip(&entries) {
+        assert_eq!(e["line"], *at as u64 + 1, "{e}");
+        assert_eq!(e["input"], path.to_str().unwrap());
+        match std::str::from_utf8(bytes) {
+            Ok(t) => assert_eq!(e["raw"], t, "{e}"),
+            Err(_) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                assert_eq!(e["raw_base64"], b64, "{e}");
+                assert!(e.get("raw").is_none());
+            }
+        }
+    }
+    let reasons = |i: usize| -> Vec<String> {
+        serde_json::from_value(entries[i]["reasons"].clone()).unwrap()
+    };
+    assert!(reasons(0)[0].contains("invalid JSON"), "{:?}", reasons(0));
+    assert!(
+        reasons(1)[0].contains("not a JSON object") || reasons(1)[0].contains("object"),
+        "{:?}",
+        reasons(1)
+    );
+    // Every pattern's reason, once each.
+    let no_key = reasons(2);
+    assert_eq!(no_key.len(), 4, "{no_key:?}");
+    for n in [
+        "small_then_large:",
+        "small_then_large_2:",
+        "small_then_large_3:",
+        "small_then_large_4:",
+    ] {
+        assert_eq!(
+            no_key
+                .iter()
+                .filter(|r| r.starts_with(&format!("pattern {n}")))
+                .count(),
+            1,
+            "{no_key:?}"
+        );
+    }
+    assert!(no_key[0].contains("card.id"), "{no_key:?}");
+    assert!(
+        reasons(4).iter().all(|r| r.contains("yesterday")),
+        "{:?}",
+        reasons(4)
+    );
+    assert!(
+        err.contains("1 unreadable") || err.contains("unreadable"),
+        "{err}"
+    );
+
+    // Fix the two keyless records in place and replay the dead-letter file:
+    // they match as if they had been right from the start (same alert ids).
+    let fixed: String = entries
+        .iter()
+        .filter(|e| e["line"] == 101 || e["line"] == 102)
+        .map(|e| {
+            let mut e = e.clone();
+            let raw = e["raw"]
+                .as_str()
+                .unwrap()
+                .replacen('{', r#"{"card":{"id":"c9"},"#, 1);
+            e["raw"] = raw.into();
+            format!("{e}\n")
+        })
+        .collect();
+    let fixed_path = dir.join("dl-fixed.jsonl");
+    std::fs::write(&fixed_path, &fixed).unwrap();
+    let (code, out, err) = cep(&[
+        "replay",
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--input",
+        fixed_path.to_str().unwrap(),
+        "--format",
+        "dead-letter",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let direct: String = lines_of(&fixed_path)
+        .iter()
+        .map(|e| format!("{}\n", e["raw"].as_str().unwrap()))
+        .collect();
+    let direct_path = dir.join("dl-direct.jsonl");
+    std::fs::write(&direct_path, direct).unwrap();
+    let (_, expected, _) = cep(&[
+        "replay",
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--input",
+        direct_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.lines().count(), 4, "one match per pattern: {out}");
+    assert_eq!(out, expected);
+    assert!(out.contains(r#""key":"c9""#), "{out}");
+}
+
+#[test]
+fn csv_rows_are_dead_lettered_with_their_header_and_replay_after_a_fix() {
+    let patterns = scratch(
+        "csv.cep",
+        r#"pattern late_flight
+  from flights key tailnum time ts
+  match x
+  define x as delay > 60
+  emit delay = x.delay
+end
+"#,
+    );
+    let csv = "tailnum,ts,delay\nN1,1000,90\nN2,2000\n,3000,120\nN3,4000,5\n";
+    let input = scratch("dl.csv", csv);
+    let dead = input.with_file_name("dl-csv-dead.jsonl");
+    let (code, out, err) = cep(&[
+        "replay",
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let entries = lines_of(&dead);
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    assert_eq!(entries[0]["line"], 3);
+    assert_eq!(entries[0]["raw"], "N2,2000");
+    assert!(entries[0]["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("2 fields, the header 3"));
+    assert_eq!(entries[1]["line"], 4);
+    assert_eq!(entries[1]["raw"], ",3000,120");
+    assert_eq!(
+        entries[1]["csv_header"],
+        serde_json::json!(["tailnum", "ts", "delay"])
+    );
+    assert!(entries[1]["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("tailnum"));
+
+    let mut e = entries[1].clone();
+    e["raw"] = "N9,3000,120".into();
+    let fixed = input.with_file_name("dl-csv-fixed.jsonl");
+    std::fs::write(&fixed, format!("{e}\n")).unwrap();
+    let (code, out, err) = cep(&[
+        "replay",
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--input",
+        fixed.to_str().unwrap(),
+        "--format",
+        "dead-letter",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let direct = scratch("dl-direct.csv", "tailnum,ts,delay\nN9,3000,120\n");
+    let (_, expected, _) = cep(&[
+        "replay",
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--input",
+        direct.to_str().unwrap(),
+    ]);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(out, expected);
+}

@@ -92,3 +92,73 @@ fn kafka_options_come_from_the_environment_too() {
     std::env::remove_var("CEP_KAFKA_OPTION_CLIENT_RACK");
     assert_eq!(c.kafka.unwrap().options["client.rack"], "rack-7");
 }
+
+/// `[kafka]` with `security` in place of the security keys.
+fn kafka_with(security: &str) -> String {
+    format!("[kafka]\nbrokers = \"b:9093\"\n{security}\n[[kafka.inputs]]\ntopic = \"t\"\n")
+}
+
+#[test]
+fn security_keys_that_disagree_are_errors_naming_the_key() {
+    let cases = [
+        ("protocol = \"sasl_ssl\"", "kafka.protocol: \"sasl_ssl\" needs a [kafka.sasl] section"),
+        (
+            "[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"",
+            "kafka.sasl: only used with protocol",
+        ),
+        ("[kafka.tls]\nca_file = \"Cargo.toml\"", "kafka.tls: only used with protocol"),
+        (
+            "protocol = \"ssl\"\n[kafka.tls]\ncert_file = \"Cargo.toml\"",
+            "kafka.tls: give both `cert_file` and `key_file`",
+        ),
+        (
+            "protocol = \"ssl\"\n[kafka.tls]\nca_file = \"/no/such/ca.pem\"",
+            "kafka.tls.ca_file: /no/such/ca.pem",
+        ),
+        (
+            "protocol = \"sasl_ssl\"\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-1\"\nusername = \"u\"",
+            "unknown variant `SCRAM-SHA-1`",
+        ),
+        (
+            "protocol = \"sasl_ssl\"\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"inline\"",
+            "unknown field `password`",
+        ),
+        (
+            "protocol = \"sasl_ssl\"\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_env = \"A\"\npassword_file = \"B\"",
+            "kafka.sasl: give one of `password_file` or `password_env`",
+        ),
+        ("protocol = \"tls\"", "unknown variant `tls`"),
+    ];
+    for (security, want) in cases {
+        let e = err(&kafka_with(security));
+        assert!(e.contains(want), "{security}: {e}");
+    }
+}
+
+#[test]
+fn a_secured_config_parses_and_shows_no_secret() {
+    let c = Config::parse(&format!(
+        "[serve]\napi_token = \"tok-secret-1\"\n{}\n[kafka.options]\n\"sasl.password\" = \"opt-secret-2\"\n\"client.rack\" = \"r1\"\n[sinks.ops]\ntype = \"webhook\"\nurl = \"http://x\"\nsecret = \"hmac-secret-3\"\n",
+        kafka_with(
+            "protocol = \"sasl_ssl\"\n[kafka.tls]\nca_file = \"Cargo.toml\"\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"svc\"\npassword_file = \"/run/secrets/kafka\""
+        )
+    ))
+    .unwrap();
+    let k = c.kafka.as_ref().unwrap();
+    assert_eq!(k.protocol, cep::config::Protocol::SaslSsl);
+    assert_eq!(
+        k.sasl.as_ref().unwrap().mechanism,
+        cep::config::SaslMechanism::ScramSha256
+    );
+    let shown = format!("{c:?}");
+    for secret in ["tok-secret-1", "opt-secret-2", "hmac-secret-3"] {
+        assert!(!shown.contains(secret), "{secret} shown: {shown}");
+    }
+    assert!(shown.contains("r1"), "{shown}");
+    // The password file is read when connecting: a missing one is named.
+    let e = k.sasl.as_ref().unwrap().password().unwrap_err();
+    assert!(
+        e.contains("kafka.sasl.password_file /run/secrets/kafka"),
+        "{e}"
+    );
+}

@@ -171,7 +171,7 @@ fn expected_bursts(flights: &[Flight]) -> BTreeSet<Burst> {
 // ---- the engine, through the library API ----
 
 fn replay(patterns: &Path, input: &Path, lateness_ms: i64) -> (Vec<Alert>, usize, usize) {
-    let automata = cep::cli::load_patterns(patterns).expect("flight patterns compile");
+    let automata = cep::compiler::load_patterns(patterns).expect("flight patterns compile");
     let mut engine = Engine::new(
         automata,
         EngineConfig {

@@ -1,4 +1,4 @@
-//! `cep serve` end to end against a real broker (tansu on loopback): the
+//! `cep serve` end to end against a real broker (nisshi on loopback): the
 //! real binary, real topics, alerts read back from the alert topic and
 //! compared with what `cep replay` finds in the same events.
 
@@ -380,11 +380,12 @@ fn malformed_records_go_to_the_dead_letter_topic_and_late_ones_to_the_late_topic
     produce(&b, "cards", &out);
     let patterns = dir.join("patterns");
     std::fs::create_dir_all(&patterns).unwrap();
-    std::fs::copy(
-        repo("patterns/fraud/small_then_large.cep"),
-        patterns.join("small_then_large.cep"),
-    )
-    .unwrap();
+    // Two patterns read the stream: a record both refuse is still one dead
+    // letter, with both reasons.
+    let source = std::fs::read_to_string(repo("patterns/fraud/small_then_large.cep")).unwrap();
+    std::fs::write(patterns.join("small_then_large.cep"), &source).unwrap();
+    let twin = source.replace("pattern small_then_large", "pattern twin");
+    std::fs::write(patterns.join("twin.cep"), twin).unwrap();
     let cfg = config(&b, &patterns, "max_event_bytes = 2000", "1m");
     let mut serve = Serve::start(&dir, &cfg);
     serve.wait_ready(Duration::from_secs(60));
@@ -411,6 +412,19 @@ fn malformed_records_go_to_the_dead_letter_topic_and_late_ones_to_the_late_topic
         assert_eq!(d.headers["cep-source-partition"], "0");
         assert_eq!(d.headers["cep-source-offset"], offset.to_string());
         assert_eq!(d.key.as_deref(), Some("c1"));
+        let reasons: Vec<String> = serde_json::from_str(&d.headers["cep-reasons"]).unwrap();
+        assert_eq!(reasons.join("; "), d.headers["cep-reason"]);
+        if why.starts_with("missing") || why.contains("RFC 3339") {
+            // Refused by each pattern: one reason per pattern.
+            assert_eq!(reasons.len(), 2, "{reasons:?}");
+            assert!(
+                reasons[0].starts_with("pattern small_then_large: "),
+                "{reasons:?}"
+            );
+            assert!(reasons[1].starts_with("pattern twin: "), "{reasons:?}");
+        } else {
+            assert_eq!(reasons.len(), 1, "{reasons:?}");
+        }
     }
     let late = consume_until(&b, "cep-late", Duration::from_secs(30), |g| !g.is_empty());
     assert_eq!(late.len(), 1);
@@ -427,7 +441,8 @@ fn malformed_records_go_to_the_dead_letter_topic_and_late_ones_to_the_late_topic
     );
     // The service carried on: the small charge at 1_000_000 and the large
     // one at 1_200_000 (within 5 minutes) match.
-    let alerts = consume_until(&b, "alerts", Duration::from_secs(30), |g| !g.is_empty());
+    let alerts = consume_until(&b, "alerts", Duration::from_secs(30), |g| g.len() >= 2);
+    assert_eq!(alerts.len(), 2, "one per pattern");
     assert_eq!(alerts[0].json()["fields"]["large_amount"], 700.0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -452,3 +452,30 @@ fn structural_checks(p: &Pattern, errors: &mut Vec<Diagnostic>) {
     }
     walk(&p.sequence, p, true, errors);
 }
+
+/// Every `*.cep` file under `path` (or `path` itself), sorted.
+pub fn pattern_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    crate::input::files_ending(path, ".cep")
+}
+
+/// Compiles every pattern file under `path`.
+pub fn load_patterns(path: &std::path::Path) -> Result<Vec<Automaton>, String> {
+    let files = pattern_files(path);
+    if files.is_empty() {
+        return Err(format!("no pattern files (*.cep) at {}", path.display()));
+    }
+    let mut all = Vec::new();
+    let mut errors = String::new();
+    for f in files {
+        let src = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        match compile_source(&f.display().to_string(), &src) {
+            Ok(mut a) => all.append(&mut a),
+            Err(d) => errors.push_str(&d.render()),
+        }
+    }
+    if errors.is_empty() {
+        Ok(all)
+    } else {
+        Err(format!("patterns do not compile:\n{errors}"))
+    }
+}

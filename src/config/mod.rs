@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 pub use duration::Duration;
 pub use service::{
-    DeadLetterConfig, InputConfig, KafkaSection, KeySource, LatePolicy, LogFormat, ServeSection,
-    SinkConfig, TimeSource,
+    DeadLetterConfig, InputConfig, KafkaOptions, KafkaSection, KeySource, LatePolicy, LogFormat,
+    Protocol, SaslConfig, SaslMechanism, Secret, ServeSection, SinkConfig, TimeSource, TlsConfig,
 };
 
 use crate::engine::EngineConfig;
@@ -110,7 +110,7 @@ impl Config {
             .map_err(|e| format!("engine.lateness: {e}"))?;
         service::validate(&config.serve, config.kafka.as_ref(), &config.sinks)?;
         if let Ok(t) = std::env::var("CEP_API_TOKEN") {
-            config.serve.api_token = Some(t);
+            config.serve.api_token = Some(service::Secret::new(t));
         }
         if let Some(k) = &mut config.kafka {
             if let Ok(b) = std::env::var("CEP_KAFKA_BROKERS") {

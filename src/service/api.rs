@@ -28,12 +28,12 @@ use serde_json::json;
 
 use crate::dsl::error::DiagnosticJson;
 use crate::service::metrics::Metrics;
-use crate::service::registry::{Entry, Refusal, Registry};
+use crate::service::registry::{check_name, Entry, Refusal, Registry};
 
 /// Who may change patterns.
 #[derive(Clone, Debug)]
 pub enum Access {
-    Token(String),
+    Token(crate::config::Secret),
     Open,
     Closed,
 }
@@ -89,6 +89,7 @@ impl IntoResponse for ApiError {
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         match r {
+            Refusal::BadName(m) => ApiError::BadRequest(m),
             Refusal::Invalid(d) => ApiError::Invalid(d),
             Refusal::NotFound(n) => ApiError::NotFound(n),
             Refusal::Conflict(m) => ApiError::Conflict(m),
@@ -124,15 +125,21 @@ fn authorize(s: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match given {
-                Some(g) if constant_time_eq(g.as_bytes(), t.as_bytes()) => Ok(()),
+                Some(g) if token_matches(g, t.expose()) => Ok(()),
                 _ => Err(ApiError::Unauthorized),
             }
         }
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares the digests of the two tokens in constant time (`subtle`):
+/// neither the content nor the length of the configured token leaks
+/// through the time an answer takes.
+fn token_matches(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (g, e) = (Sha256::digest(given), Sha256::digest(expected));
+    g.ct_eq(&e).into()
 }
 
 /// Changes wait for the pipeline; they give up after this.
@@ -210,6 +217,7 @@ async fn put_one(
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
+    check_name(&name).map_err(ApiError::BadRequest)?;
     let source = text(body)?;
     timed(async {
         let (version, changed) = s.registry.put(&name, &source).await?;

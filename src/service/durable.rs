@@ -1,6 +1,10 @@
 //! Writes that must not be lost: files replaced atomically (checkpoints,
 //! pattern files), lines appended and synced (file sink, dead letters), and
 //! retrying until a write succeeds, for destinations that may come back.
+//!
+//! The writes block (fsync can take many milliseconds); async callers run
+//! them through [`blocking`] so that the runtime's worker threads, which
+//! also serve the HTTP API and the pipeline, never wait on a disk.
 
 use std::future::Future;
 use std::io::Write;
@@ -42,6 +46,17 @@ pub fn append_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a [u8]>) -> s
     }
     f.write_all(&buf)?;
     f.sync_data()
+}
+
+/// Runs blocking file I/O on the runtime's blocking pool.
+pub async fn blocking<T, F>(f: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Runs `attempt` until it succeeds, backing off from 100 ms to 10 s and

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod checkpoint;
 pub mod client;
+pub mod connect;
 pub mod durable;
 pub mod http;
 pub mod ledger;
@@ -123,6 +124,11 @@ pub struct Probes {
 }
 
 /// [`serve`], reporting through `probes`.
+///
+/// The HTTP endpoints come up first, so that `/healthz` answers and
+/// `/readyz` says false while the cluster is reached; a cluster that cannot
+/// be used as configured stops the service with the cause (see
+/// [`connect::check`]).
 pub async fn serve_with(
     config: Config,
     automata: Vec<Automaton>,
@@ -137,21 +143,73 @@ pub async fn serve_with(
     let mut engine = config.engine_config()?;
     engine.external_watermark = true;
 
+    let listener = tokio::net::TcpListener::bind(serve.listen)
+        .await
+        .map_err(|e| format!("serve.listen {}: {e}", serve.listen))?;
+    tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "http endpoints up");
+    let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
+    let (registry, automata) = registry::Registry::new(&serve.patterns, automata, commands_tx);
+    let access = match (&serve.api_token, serve.api_unauthenticated) {
+        (Some(t), _) if !t.expose().is_empty() => api::Access::Token(t.clone()),
+        (_, true) => api::Access::Open,
+        _ => api::Access::Closed,
+    };
+    let api_state = api::ApiState {
+        registry: Arc::new(registry),
+        metrics: probes.metrics.clone(),
+        access,
+    };
+    let app = http::app(probes.metrics.clone(), probes.health.clone())
+        .merge(api::routes(api_state, serve.api_max_body));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await;
+    });
+
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        _ = &mut shutdown => Ok(()),
+        r = connect::check(&kafka) => match r {
+            Ok(()) => {
+                tracing::info!(brokers = %kafka.brokers, protocol = kafka.protocol.as_librdkafka(), "connected to kafka");
+                match connect_parts(&config, kafka, automata, commands, engine, probes).await {
+                    Ok((pipeline, consumer)) => pipeline.run(consumer, shutdown).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        },
+    };
+    let _ = stop_http.send(());
+    let _ = server.await;
+    result
+}
+
+/// Everything that talks to the cluster: output topics, the producer, the
+/// sinks, the checkpoint store and the consumer, put together as the
+/// pipeline.
+async fn connect_parts(
+    config: &Config,
+    kafka: crate::config::KafkaSection,
+    automata: Vec<Automaton>,
+    commands: tokio::sync::mpsc::Receiver<pipeline::Command>,
+    engine: crate::engine::EngineConfig,
+    probes: Probes,
+) -> Result<(Pipeline, source::Source), String> {
+    let serve = &config.serve;
     if kafka.create_topics {
-        for topic in output_topics(&config) {
-            produce::create_topic_with(
-                &kafka.brokers,
-                &kafka.options,
-                &topic,
-                kafka.output_partitions,
-            )
-            .await?;
+        for topic in output_topics(config) {
+            produce::create_topic_with(&kafka, &topic, kafka.output_partitions).await?;
         }
     }
     let Probes { metrics, health } = probes;
     let ledger = Ledger::new();
-    let producer = sink::kafka::Producer::new(&kafka.brokers, &kafka.options)
-        .map_err(|e| format!("kafka producer: {e}"))?;
+    let producer =
+        sink::kafka::Producer::new(&kafka).map_err(|e| format!("kafka producer: {e}"))?;
     let env = SinkEnv {
         ledger: ledger.clone(),
         metrics: metrics.clone(),
@@ -185,34 +243,6 @@ pub async fn serve_with(
     // Fail early on a checkpoint that cannot be read.
     store.load()?;
     let consumer = source::consumer(&kafka, store.clone(), metrics.clone())?;
-
-    let listener = tokio::net::TcpListener::bind(serve.listen)
-        .await
-        .map_err(|e| format!("serve.listen {}: {e}", serve.listen))?;
-    tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "http endpoints up");
-    let (commands_tx, commands) = tokio::sync::mpsc::channel(4);
-    let (registry, automata) = registry::Registry::new(&serve.patterns, automata, commands_tx);
-    let access = match (&serve.api_token, serve.api_unauthenticated) {
-        (Some(t), _) if !t.is_empty() => api::Access::Token(t.clone()),
-        (_, true) => api::Access::Open,
-        _ => api::Access::Closed,
-    };
-    let api_state = api::ApiState {
-        registry: Arc::new(registry),
-        metrics: metrics.clone(),
-        access,
-    };
-    let app = http::app(metrics.clone(), health.clone())
-        .merge(api::routes(api_state, serve.api_max_body));
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await;
-    });
-
     let pipeline = Pipeline::new(Parts {
         automata,
         commands,
@@ -230,8 +260,5 @@ pub async fn serve_with(
         checkpoint_interval: serve.checkpoint_interval.0,
         shutdown_timeout: serve.shutdown_timeout.0,
     });
-    let result = pipeline.run(consumer, shutdown).await;
-    let _ = stop_http.send(());
-    let _ = server.await;
-    result
+    Ok((pipeline, consumer))
 }

@@ -26,9 +26,11 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::compiler::Automaton;
 use crate::config::{InputConfig, KafkaSection, KeySource, LatePolicy, TimeSource};
+use crate::deadletter::{DeadLetter, Origin};
 use crate::engine::{Engine, EngineConfig, Output, Record};
 use crate::event::stable_hash;
 use crate::service::checkpoint::{partition_name, Checkpoint, Store, FORMAT};
+use crate::service::durable;
 use crate::service::ledger::Ledger;
 use crate::service::metrics::{Counter, Metrics};
 use crate::service::sink::kafka::{Outgoing, Producer};
@@ -341,24 +343,24 @@ impl Pipeline {
                 }
             }
         };
-        let problem = problem.or_else(|| {
-            (!out.rejected.is_empty()).then(|| {
-                out.rejected
-                    .iter()
-                    .map(|r| format!("pattern {}: {}", r.pattern, r.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-        });
-        if let Some(reason) = problem {
+        let reasons = match problem {
+            Some(p) => vec![p],
+            None => out
+                .rejected
+                .iter()
+                .map(|r| format!("pattern {}: {}", r.pattern, r.reason))
+                .collect(),
+        };
+        if !reasons.is_empty() {
             bump(&mut self.counts.decode_errors, &topic);
-            self.dead_letter(m, &reason).await;
+            self.dead_letter(m, reasons).await;
         }
         if !out.late.is_empty() {
             bump(&mut self.counts.late, &stream);
             if self.p.kafka.late_events == LatePolicy::Topic {
                 let first = &out.late[0];
                 let (t, w) = (first.event_time.to_string(), first.watermark.to_string());
+                let why = format!("late: event time {t} is before the watermark {w}");
                 self.side_output(
                     m,
                     self.p.kafka.late_topic.clone(),
@@ -366,6 +368,7 @@ impl Pipeline {
                         ("cep-event-time", t.as_bytes()),
                         ("cep-watermark", w.as_bytes()),
                     ],
+                    vec![why],
                 )
                 .await;
             }
@@ -430,21 +433,43 @@ impl Pipeline {
         }
     }
 
-    async fn dead_letter(&self, m: &BorrowedMessage<'_>, reason: &str) {
+    /// Writes the record once to the dead-letter topic, whatever the
+    /// number of patterns that refused it: its bytes as they were, every
+    /// reason (`cep-reasons`, a JSON array; `cep-reason`, joined by `; `)
+    /// and its origin in headers.
+    async fn dead_letter(&self, m: &BorrowedMessage<'_>, reasons: Vec<String>) {
         tracing::debug!(
             topic = m.topic(),
             partition = m.partition(),
             offset = m.offset(),
-            reason,
+            ?reasons,
             "dead letter"
         );
         let topic = self.p.kafka.dead_letter_topic.clone();
-        self.side_output(m, topic, &[("cep-reason", reason.as_bytes())])
-            .await;
+        let joined = reasons.join("; ");
+        let list = serde_json::to_string(&reasons).expect("strings serialise");
+        self.side_output(
+            m,
+            topic,
+            &[
+                ("cep-reason", joined.as_bytes()),
+                ("cep-reasons", list.as_bytes()),
+            ],
+            reasons,
+        )
+        .await;
     }
 
-    /// Writes a copy of the record, with its origin in headers, to `topic`.
-    async fn side_output(&self, m: &BorrowedMessage<'_>, topic: String, extra: &[(&str, &[u8])]) {
+    /// Writes a copy of the record, with its origin in headers, to `topic`;
+    /// should Kafka refuse it for good, to the local fallback file with
+    /// `reasons`.
+    async fn side_output(
+        &self,
+        m: &BorrowedMessage<'_>,
+        topic: String,
+        extra: &[(&str, &[u8])],
+        reasons: Vec<String>,
+    ) {
         let mut headers: Vec<(String, Vec<u8>)> = extra
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_vec()))
@@ -473,6 +498,11 @@ impl Pipeline {
             payload: m.payload().unwrap_or_default().to_vec(),
             headers,
         };
+        let origin = Origin::Kafka {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+        };
         let permit = self
             .side_slots
             .clone()
@@ -488,8 +518,11 @@ impl Pipeline {
         let counters = self.p.metrics.sink(&msg.topic);
         let delivery = producer.deliver(msg.clone(), counters);
         tokio::spawn(async move {
-            if let Err(reason) = delivery.await {
-                fallback_write(&fallback, &msg, &reason).await;
+            if let Err(refusal) = delivery.await {
+                let mut reasons = reasons;
+                reasons.push(format!("kafka refused it for {}: {refusal}", msg.topic));
+                let letter = DeadLetter::new(origin, &msg.payload, reasons);
+                fallback_write(fallback, &msg.topic, letter).await;
             }
             ledger.settle(ticket);
             drop(permit);
@@ -654,26 +687,26 @@ fn bump(counts: &mut HashMap<String, u64>, name: &str) {
 }
 
 /// Last resort for a record Kafka refused for good: a local file, so that
-/// nothing goes nowhere.
-async fn fallback_write(path: &std::path::Path, msg: &Outgoing, reason: &str) {
-    let line = serde_json::json!({
-        "topic": msg.topic,
-        "reason": reason,
-        "key_hex": msg.key.as_ref().map(hex::encode),
-        "payload_hex": hex::encode(&msg.payload),
-        "headers": msg.headers.iter()
-            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-            .collect::<BTreeMap<_, _>>(),
-    })
-    .to_string();
+/// nothing goes nowhere. Each line is a dead letter
+/// ([`crate::deadletter`], readable by `cep replay --format dead-letter`)
+/// with the topic it was meant for as `destination`.
+async fn fallback_write(path: std::path::PathBuf, destination: &str, letter: DeadLetter) {
+    let mut line = serde_json::to_value(&letter).expect("a dead letter serialises");
+    line["destination"] = destination.into();
+    let line = Arc::new(line.to_string());
     let what = format!("a fallback write to {}", path.display());
-    crate::service::durable::until_ok(
+    durable::until_ok(
         &what,
         || {},
         || {
-            let r = crate::service::durable::append_lines(path, std::iter::once(line.as_bytes()))
-                .map_err(|e| e.to_string());
-            async move { r }
+            let (path, line) = (path.clone(), line.clone());
+            async move {
+                durable::blocking(move || {
+                    durable::append_lines(&path, std::iter::once(line.as_bytes()))
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
         },
     )
     .await;

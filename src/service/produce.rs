@@ -10,15 +10,18 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use crate::config::KafkaSection;
 use crate::event::lookup;
 use crate::input::{self, Format, Payload};
+use crate::service::connect::{check, client_config};
 
 /// What to produce.
 pub struct ProduceArgs {
-    pub brokers: String,
+    /// The cluster and how to connect (`[kafka]` of a config file, or only
+    /// brokers).
+    pub kafka: KafkaSection,
     pub topic: String,
     pub input: String,
     /// Dotted path of the field to use as message key.
@@ -28,25 +31,20 @@ pub struct ProduceArgs {
     pub null_values: Vec<String>,
 }
 
-/// Creates `topic` with `partitions` unless it exists.
+/// Creates `topic` with `partitions` unless it exists (plaintext).
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), String> {
-    create_topic_with(brokers, &Default::default(), topic, partitions).await
+    create_topic_with(&KafkaSection::connect_only(brokers), topic, partitions).await
 }
 
-/// [`create_topic`] with extra librdkafka settings (security).
+/// Creates `topic` with `partitions` on `k`'s cluster unless it exists.
 pub async fn create_topic_with(
-    brokers: &str,
-    options: &std::collections::BTreeMap<String, String>,
+    k: &KafkaSection,
     topic: &str,
     partitions: i32,
 ) -> Result<(), String> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers);
-    for (k, v) in options {
-        c.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        c.create().map_err(|e| format!("kafka admin: {e}"))?;
+    let admin: AdminClient<DefaultClientContext> = client_config(k)?
+        .create()
+        .map_err(|e| format!("kafka admin: {e}"))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
@@ -65,11 +63,11 @@ pub async fn create_topic_with(
 
 /// Sends every record of the input; returns how many were sent.
 pub async fn produce(args: &ProduceArgs) -> Result<u64, String> {
+    check(&args.kafka).await?;
     if let Some(n) = args.partitions {
-        create_topic(&args.brokers, &args.topic, n).await?;
+        create_topic_with(&args.kafka, &args.topic, n).await?;
     }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
+    let producer: FutureProducer = client_config(&args.kafka)?
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "200000")

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::compiler::{compile_source, Automaton};
 use crate::dsl::error::DiagnosticJson;
-use crate::service::durable::write_atomically;
+use crate::service::durable::{blocking, write_atomically};
 use crate::service::pipeline::Command;
 
 /// One registered pattern.
@@ -63,6 +63,8 @@ pub struct ReloadSummary {
 /// Why a change was refused.
 #[derive(Debug)]
 pub enum Refusal {
+    /// The name cannot be a file name in the patterns directory.
+    BadName(String),
     /// The source does not compile (or names another pattern).
     Invalid(Vec<DiagnosticJson>),
     NotFound(String),
@@ -75,6 +77,41 @@ pub struct Registry {
     dir: PathBuf,
     inner: Mutex<BTreeMap<String, Entry>>,
     commands: mpsc::Sender<Command>,
+}
+
+/// Longest pattern name the API accepts, in bytes (with `.cep` it stays
+/// far below every file system's 255-byte limit).
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Checks that `name` is safe as the file name `<dir>/<name>.cep`: no path
+/// separator, no `..`, not hidden (which would also reach the registry's own
+/// `.cep-registry.json`), no drive prefix, no control character, not empty
+/// and not over-long. Names are refused rather than mapped: a pattern's file
+/// keeps its pattern's name, so the directory reads as the API shows it.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("pattern name {name:?}: {why}"));
+    if name.is_empty() {
+        return refuse("must not be empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return refuse(&format!("longer than {MAX_NAME_BYTES} bytes"));
+    }
+    if name.contains(['/', '\\']) {
+        return refuse("must not contain `/` or `\\`");
+    }
+    if name.contains("..") {
+        return refuse("must not contain `..`");
+    }
+    if name.starts_with('.') {
+        return refuse("must not start with `.`");
+    }
+    if name.contains(':') {
+        return refuse("must not contain `:`");
+    }
+    if name.chars().any(char::is_control) {
+        return refuse("must not contain control characters");
+    }
+    Ok(())
 }
 
 fn now_rfc3339() -> String {
@@ -99,7 +136,7 @@ impl Registry {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let mut files: BTreeMap<String, (PathBuf, String, usize)> = BTreeMap::new();
-        for f in crate::cli::pattern_files(dir) {
+        for f in crate::compiler::pattern_files(dir) {
             let Ok(text) = std::fs::read_to_string(&f) else {
                 continue;
             };
@@ -182,6 +219,7 @@ impl Registry {
     /// Creates or replaces `name`; returns its (new) version and whether
     /// anything changed.
     pub async fn put(&self, name: &str, source: &str) -> Result<(u32, bool), Refusal> {
+        check_name(name).map_err(Refusal::BadName)?;
         let a = Registry::compile(name, source).map_err(Refusal::Invalid)?;
         let mut entries = self.inner.lock().await;
         let (version, shadow) = match entries.get(name) {
@@ -206,16 +244,21 @@ impl Registry {
             },
         );
         let tmp = file.with_extension("cep.new~");
-        write_atomically(&tmp, source.as_bytes())
+        let (t, bytes) = (tmp.clone(), source.as_bytes().to_vec());
+        blocking(move || write_atomically(&t, &bytes))
+            .await
             .map_err(|e| Refusal::Failed(format!("{}: {e}", tmp.display())))?;
         if let Err(e) = self.swap(&next).await {
-            let _ = std::fs::remove_file(&tmp);
+            let t = tmp.clone();
+            let _ = blocking(move || std::fs::remove_file(t)).await;
             return Err(e);
         }
-        std::fs::rename(&tmp, &file)
+        let (t, f) = (tmp.clone(), file.clone());
+        blocking(move || std::fs::rename(t, f))
+            .await
             .map_err(|e| Refusal::Failed(format!("{}: {e}", file.display())))?;
         *entries = next;
-        self.save_meta(&entries);
+        self.save_meta(&entries).await;
         Ok((version, true))
     }
 
@@ -232,12 +275,13 @@ impl Registry {
         next.remove(name);
         self.swap(&next).await?;
         if let Some(f) = file {
-            if let Err(e) = std::fs::remove_file(&f) {
-                tracing::warn!(file = %f.display(), error = %e, "pattern file not removed");
+            let shown = f.display().to_string();
+            if let Err(e) = blocking(move || std::fs::remove_file(f)).await {
+                tracing::warn!(file = shown, error = %e, "pattern file not removed");
             }
         }
         *entries = next;
-        self.save_meta(&entries);
+        self.save_meta(&entries).await;
         Ok(())
     }
 
@@ -251,7 +295,7 @@ impl Registry {
         let mut found: BTreeMap<String, Entry> = BTreeMap::new();
         let mut errors = Vec::new();
         let now = now_rfc3339();
-        for f in crate::cli::pattern_files(&self.dir) {
+        for f in crate::compiler::pattern_files(&self.dir) {
             let text = std::fs::read_to_string(&f)
                 .map_err(|e| Refusal::Failed(format!("{}: {e}", f.display())))?;
             let automata = match compile_source(&f.display().to_string(), &text) {
@@ -326,7 +370,7 @@ impl Registry {
             .collect();
         self.swap(&found).await?;
         *entries = found;
-        self.save_meta(&entries);
+        self.save_meta(&entries).await;
         Ok(summary)
     }
 
@@ -342,7 +386,7 @@ impl Registry {
         entry.automaton = entry.automaton.with_meta(version, shadow);
         self.swap(&next).await?;
         *entries = next;
-        self.save_meta(&entries);
+        self.save_meta(&entries).await;
         Ok(version)
     }
 
@@ -361,7 +405,7 @@ impl Registry {
         }
     }
 
-    fn save_meta(&self, entries: &BTreeMap<String, Entry>) {
+    async fn save_meta(&self, entries: &BTreeMap<String, Entry>) {
         let meta = Meta {
             patterns: entries
                 .iter()
@@ -377,7 +421,8 @@ impl Registry {
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&meta).expect("serialises");
-        if let Err(e) = write_atomically(&meta_path(&self.dir), &bytes) {
+        let path = meta_path(&self.dir);
+        if let Err(e) = blocking(move || write_atomically(&path, &bytes)).await {
             tracing::error!(error = %e, "pattern versions not saved");
         }
     }
@@ -388,4 +433,38 @@ fn shared(name: &str, e: &Entry) -> Refusal {
         "pattern `{name}` is defined in {} together with other patterns; move it to a file of its own to manage it over the API",
         e.file.as_ref().map_or("a shared file".into(), |f| f.display().to_string())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_leave_the_directory_are_refused() {
+        for bad in [
+            "",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "..",
+            "x..y",
+            ".hidden",
+            "c:x",
+            "nul\0byte",
+            "line\nbreak",
+            &"n".repeat(MAX_NAME_BYTES + 1),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "big",
+            "small_then_large",
+            "délai élevé",
+            "a-b.c",
+            &"n".repeat(MAX_NAME_BYTES),
+        ] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
@@ -170,9 +170,8 @@ impl ConsumerContext for Context {
 
 /// Creates the consumer and subscribes to every input topic.
 pub fn consumer(k: &KafkaSection, store: Store, metrics: Arc<Metrics>) -> Result<Source, String> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group_id)
+    let mut c = crate::service::connect::client_config(k)?;
+    c.set("group.id", &k.group_id)
         .set("group.instance.id", k.instance_id())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -181,7 +180,7 @@ pub fn consumer(k: &KafkaSection, store: Store, metrics: Arc<Metrics>) -> Result
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", "10");
-    for (key, v) in &k.options {
+    for (key, v) in k.options.iter() {
         c.set(key, v);
     }
     let ctx = Context {

@@ -1,42 +1,51 @@
-//! A real Kafka-compatible broker for tests: tansu on a free loopback port,
-//! SQLite storage in a temporary directory, stopped when dropped.
+//! A real Kafka-compatible broker for tests: nisshi (the broker formerly
+//! named tansu) on a free loopback port, SQLite storage in a temporary
+//! directory, stopped when dropped. [`Broker::start_secured`] serves TLS
+//! with a certificate made for the test and requires SCRAM-SHA-512 logins.
 //!
-//! `scripts/install-tansu.sh` installs the binary (`.ci/run` calls it); a
-//! missing binary fails the test with that instruction rather than skipping
-//! it.
+//! `scripts/install-broker.sh` installs the binary (`scripts/test.sh` calls
+//! it); a missing binary fails the test with that instruction rather than
+//! skipping it.
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
 
 pub struct Broker {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    /// For a secured broker: the CA file clients trust (its own
+    /// certificate: self-signed).
+    pub ca: Option<PathBuf>,
 }
 
-fn tansu() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU") {
+fn nisshi() -> PathBuf {
+    if let Ok(p) = std::env::var("NISSHI") {
         return p.into();
     }
     let cargo_bin = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"))
-        .join("bin/tansu");
+        .join("bin/nisshi");
     if cargo_bin.exists() {
         return cargo_bin;
     }
     if let Ok(path) = std::env::var("PATH") {
         for d in std::env::split_paths(&path) {
-            if d.join("tansu").exists() {
-                return d.join("tansu");
+            if d.join("nisshi").exists() {
+                return d.join("nisshi");
             }
         }
     }
-    panic!("tansu not found: run scripts/install-tansu.sh (or set TANSU=/path/to/tansu)");
+    panic!("nisshi not found: run scripts/install-broker.sh (or set NISSHI=/path/to/nisshi)");
 }
 
 pub fn free_port() -> u16 {
@@ -46,22 +55,117 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The SQLite storage: committed offsets, restarts and "latest" offsets
+/// behave like Kafka.
+const SQLITE: &str = "sqlite://nisshi.db?maintenance_interval=5s";
+
+/// Client settings of secured brokers, by bootstrap address: the harness's
+/// clients (topic creation, producing, reading back) look them up, so tests
+/// call them the same way for every broker.
+static SECURED: Mutex<Option<HashMap<String, Settings>>> = Mutex::new(None);
+
+/// librdkafka settings, (key, value).
+type Settings = Vec<(String, String)>;
+
+/// A client configuration for `brokers`, with the security settings of a
+/// secured test broker when it is one.
+pub fn client(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    if let Some(settings) = SECURED
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(brokers))
+    {
+        for (k, v) in settings {
+            c.set(k, v);
+        }
+    }
+    c
+}
+
 impl Broker {
-    /// A broker with SQLite storage: committed offsets, restarts and
-    /// "latest" offsets behave like Kafka.
+    /// A plaintext broker with SQLite storage.
     pub fn start() -> Broker {
-        Broker::start_with("sqlite://tansu.db?maintenance_interval=5s")
+        Broker::start_with(SQLITE)
     }
 
-    /// A broker with the given storage engine URL.
+    /// A plaintext broker with the given storage engine URL.
     pub fn start_with(storage: &str) -> Broker {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("cep-broker-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("broker dir");
-        let log = std::fs::File::create(dir.join("tansu.log")).expect("broker log");
+        Broker::spawn(port, dir, storage, &[], None)
+    }
+
+    /// A broker that serves only TLS (a self-signed certificate for
+    /// `localhost` and `127.0.0.1`, made with the `openssl` command) and
+    /// requires a SCRAM-SHA-512 login by one of `users` (name, password).
+    /// The harness's clients log in as the first user.
+    pub fn start_secured(users: &[(&str, &str)]) -> Broker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("cep-broker-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let (cert, key) = self_signed(&dir, "broker");
+        // Users are created over the broker's own (plaintext-only) client,
+        // before authentication is turned on, on the same storage.
+        let open = Broker::spawn(port, dir.clone(), SQLITE, &[], None);
+        for (name, password) in users {
+            let out = Command::new(nisshi())
+                .args(["user", "create", name, password, "--broker"])
+                .arg(format!("tcp://127.0.0.1:{port}"))
+                .output()
+                .expect("nisshi user create runs");
+            assert!(
+                out.status.success(),
+                "nisshi user create {name}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let dir = open.stop_keeping_data();
+        let mut flags = vec!["--authentication".to_string()];
+        flags.extend(["--cert".into(), path(&cert), "--key".into(), path(&key)]);
+        let b = Broker::spawn(port, dir, SQLITE, &flags, Some(cert.clone()));
+        let (user, password) = users[0];
+        let settings = [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", user),
+            ("sasl.password", password),
+            ("ssl.ca.location", &path(&cert)),
+        ];
+        SECURED
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(
+                b.brokers(),
+                settings
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+        b
+    }
+
+    fn spawn(
+        port: u16,
+        dir: PathBuf,
+        storage: &str,
+        flags: &[String],
+        ca: Option<PathBuf>,
+    ) -> Broker {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("nisshi.log"))
+            .expect("broker log");
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu())
+        let child = Command::new(nisshi())
             .current_dir(&dir)
             .args([
                 "broker",
@@ -71,6 +175,7 @@ impl Broker {
                 &url,
             ])
             .args(["--storage-engine", storage])
+            .args(flags)
             .env_remove("CLUSTER_ID")
             .env_remove("LISTENER_URL")
             .env_remove("ADVERTISED_LISTENER_URL")
@@ -79,18 +184,32 @@ impl Broker {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("tansu starts");
-        let b = Broker { child, port, dir };
+            .expect("nisshi starts");
+        let b = Broker {
+            child,
+            port,
+            dir,
+            ca,
+        };
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
-                "tansu did not listen on {port}; see {}",
-                b.dir.join("tansu.log").display()
+                "nisshi did not listen on {port}; see {}",
+                b.dir.join("nisshi.log").display()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         b
+    }
+
+    /// Stops the broker and hands back its directory, data kept.
+    fn stop_keeping_data(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::take(&mut self.dir);
+        std::mem::forget(self);
+        dir
     }
 
     pub fn brokers(&self) -> String {
@@ -99,7 +218,7 @@ impl Broker {
 
     /// The broker's log, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("nisshi.log")).unwrap_or_default()
     }
 }
 
@@ -107,6 +226,40 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(m) = SECURED.lock().unwrap().as_mut() {
+            m.remove(&self.brokers());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A self-signed certificate and its key (`NAME.pem`, `NAME.key`) for
+/// `localhost` and `127.0.0.1`, made by the `openssl` command.
+pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl command runs (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
 }

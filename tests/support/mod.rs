@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-pub use broker::{free_port, Broker};
+pub use broker::{client, free_port, Broker};
 
 /// A scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
@@ -31,10 +30,7 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = client(brokers).create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -56,11 +52,7 @@ pub struct Out<'a> {
 }
 
 pub fn produce(brokers: &str, topic: &str, records: &[Out]) {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let p: BaseProducer = client(brokers).set("linger.ms", "5").create().unwrap();
     for r in records {
         let mut rec: BaseRecord<'_, str, [u8]> = BaseRecord::to(topic).payload(r.value);
         if let Some(k) = r.key {
@@ -108,8 +100,7 @@ pub fn consume_until(
     timeout: Duration,
     want: impl Fn(&[Got]) -> bool,
 ) -> Vec<Got> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let c: BaseConsumer = client(brokers)
         .set("group.id", format!("reader-{}", free_port()))
         .set("enable.auto.commit", "false")
         .create()
@@ -254,6 +245,11 @@ impl Serve {
             .unwrap()
             .success();
         assert!(ok, "kill {sig}");
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// Waits for the process to exit.

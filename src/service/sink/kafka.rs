@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -55,20 +54,18 @@ pub fn is_fatal(e: &KafkaError) -> bool {
 }
 
 impl Producer {
-    pub fn new(
-        brokers: &str,
-        options: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Producer, KafkaError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
+    pub fn new(k: &crate::config::KafkaSection) -> Result<Producer, String> {
+        let mut c = crate::service::connect::client_config(k)?;
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("delivery.timeout.ms", "30000");
-        for (k, v) in options {
-            c.set(k, v);
+        // `kafka.options` win over the settings above too.
+        for (key, v) in k.options.iter() {
+            c.set(key, v);
         }
-        Ok(Producer { inner: c.create()? })
+        let inner = c.create().map_err(|e| e.to_string())?;
+        Ok(Producer { inner })
     }
 
     fn enqueue(&self, msg: &Outgoing) -> Result<DeliveryFuture, KafkaError> {

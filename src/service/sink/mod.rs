@@ -163,14 +163,21 @@ async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: Si
                 while let Ok(d) = rx.try_recv() {
                     batch.push(d);
                 }
-                let lines = || batch.iter().map(|d| d.alert.body.as_slice());
+                let alerts: Arc<Vec<Arc<AlertOut>>> =
+                    Arc::new(batch.iter().map(|d| d.alert.clone()).collect());
                 let what = format!("a write to {}", path.display());
                 durable::until_ok(
                     &what,
                     || counters.retries.inc(),
                     || {
-                        let r = append_lines(&path, lines()).map_err(|e| e.to_string());
-                        async move { r }
+                        let (path, alerts) = (path.clone(), alerts.clone());
+                        async move {
+                            durable::blocking(move || {
+                                append_lines(&path, alerts.iter().map(|a| a.body.as_slice()))
+                            })
+                            .await
+                            .map_err(|e| e.to_string())
+                        }
                     },
                 )
                 .await;
@@ -266,8 +273,12 @@ impl DeadLetter {
                             serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
                         let line =
                             serde_json::json!({"reason": reason, "alert": alert}).to_string();
-                        append_lines(path, std::iter::once(line.as_bytes()))
-                            .map_err(|e| e.to_string())
+                        let path = path.clone();
+                        durable::blocking(move || {
+                            append_lines(&path, std::iter::once(line.as_bytes()))
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
                     }
                     DeadLetter::Topic(p, topic, counters) => {
                         let mut msg = alert_record(topic, a);

@@ -63,7 +63,7 @@ impl Webhook {
             .unwrap_or_else(|| default_secret_env(name));
         let secret = std::env::var(&env)
             .ok()
-            .or_else(|| c.secret.clone())
+            .or_else(|| c.secret.as_ref().map(|s| s.expose().to_string()))
             .map(String::into_bytes);
         let client = reqwest::Client::builder()
             .timeout(c.timeout.0)
