@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 TARGET=${1:?usage: scripts/fuzz.sh TARGET SECONDS}
 SECONDS_TO_RUN=${2:-600}
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-  cargo +nightly install cargo-fuzz --version 0.13.1 --locked
+  cargo +nightly install cargo-fuzz --version 0.13.2 --locked
 fi
 corpus=fuzz/corpus/$TARGET
 if [ ! -d "$corpus" ]; then

@@ -6,16 +6,22 @@
 #   It needs rustc >= 1.96: built with the nightly toolchain when the stable
 #   one is older. Reused when already installed; the first build takes
 #   about 15 minutes on 2 cores.
-# - the `openssl` command, which makes the test brokers' TLS certificates
-#   (from Debian's packages when missing).
+# - the `openssl` command, which makes the test brokers' TLS certificates,
+#   and stunnel, the TLS front that asks for client certificates in the
+#   mutual-TLS test (nisshi does not); both from Debian's packages when
+#   missing.
 set -euo pipefail
 VERSION=0.8.1
 BIN="${CARGO_HOME:-$HOME/.cargo}/bin/nisshi"
 
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "installing the openssl command" >&2
+missing=""
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || missing="$missing stunnel4"
+if [ -n "$missing" ]; then
+  echo "installing:$missing" >&2
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get install -y -q openssl >&2 || { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q openssl >&2; }
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -q $missing >&2 || { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q $missing >&2; }
 fi
 
 for candidate in "$BIN" "$(command -v nisshi 2>/dev/null || true)"; do

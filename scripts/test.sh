@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (the nisshi broker, once,
-# and the openssl command for the TLS tests), then runs every test. Works on
-# a fresh machine with only the Rust toolchain.
+# and the openssl and stunnel commands for the TLS tests), then runs every
+# test. Works on a fresh machine with only the Rust toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-broker.sh

@@ -73,7 +73,14 @@ impl Extractor {
         if self.nodes.is_empty() {
             return Ok(());
         }
-        let mut de = serde_json::Deserializer::from_slice(json);
+        // JSON is UTF-8 text. serde_json checks strings it reads but not the
+        // ones it skips, so a byte slice with bad UTF-8 in an unread field
+        // would pass here while every other reader refuses it (found by
+        // fuzzing). Checking the whole text first is cheap (an ASCII fast
+        // path) and lets the parser trust its strings after.
+        let text = std::str::from_utf8(json)
+            .map_err(|e| format!("invalid JSON: not UTF-8 text (at byte {})", e.valid_up_to()))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let mut is_object = false;
         Walk {
             ex: self,
@@ -230,6 +237,20 @@ impl<'de> Visitor<'de> for Walk<'_, '_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_even_in_a_field_no_pattern_reads() {
+        // The fuzzer's find (json_event): `"x\xf2"` inside a skipped array.
+        let mut ex = super::Extractor::new();
+        ex.add(&["card".to_string(), "id".to_string()]);
+        let mut out = Vec::new();
+        let bad = b"{\"carDag`s\":[\"x\xf2\"]}";
+        assert!(serde_json::from_slice::<serde_json::Value>(bad).is_err());
+        let e = ex.extract(bad, &mut out).unwrap_err();
+        assert!(e.contains("not UTF-8 text (at byte 15)"), "{e}");
+        ex.extract("{\"x\":\"caf\u{e9}\"}".as_bytes(), &mut out)
+            .unwrap();
+    }
+
     use super::*;
     use crate::event::lookup;
 

@@ -291,3 +291,74 @@ fn produce_with_a_wrong_password_fails_fast_with_the_cause() {
         "{text}"
     );
 }
+
+#[test]
+fn mutual_tls_works_with_the_client_certificate_and_stops_without_it() {
+    let broker = Broker::start_mutual_tls();
+    let b = broker.brokers();
+    let dir = scratch("secure-mtls");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    std::fs::write(dir.join("patterns/small_then_large.cep"), PATTERN).unwrap();
+    create_topic(&b, "cards", 1);
+    create_topic(&b, "alerts", 1);
+    let lines = std::fs::read(events(&dir)).unwrap();
+    let records: Vec<&[u8]> = lines
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let out: Vec<Out> = records
+        .iter()
+        .map(|v| Out {
+            partition: None,
+            key: None,
+            value: v,
+        })
+        .collect();
+    produce(&b, "cards", &out);
+    let d = &broker.dir;
+    let with_cert = format!(
+        "protocol = \"ssl\"\n[kafka.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        d.join("broker.pem").display(),
+        d.join("client.pem").display(),
+        d.join("client.key").display()
+    );
+    let mut serve = Serve::start(&dir, &config(&b, &with_cert));
+    serve.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(60), |g| g.len() >= 2);
+    assert_eq!(got.len(), 2, "{}", serve.log());
+    serve.signal("-TERM");
+    assert!(
+        serve.wait(Duration::from_secs(30)).success(),
+        "{}",
+        serve.log()
+    );
+
+    // Without the client certificate the TLS front refuses the handshake.
+    let without = format!(
+        "protocol = \"ssl\"\n[kafka.tls]\nca_file = \"{}\"\n",
+        d.join("broker.pem").display()
+    );
+    let dir2 = scratch("secure-mtls-none");
+    std::fs::create_dir_all(dir2.join("patterns")).unwrap();
+    std::fs::write(dir2.join("patterns/small_then_large.cep"), PATTERN).unwrap();
+    let t0 = Instant::now();
+    let mut serve = Serve::start(&dir2, &config(&b, &without));
+    let status = serve.wait(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = serve.log();
+    eprintln!(
+        "mtls without a certificate: after {:?}: {}",
+        t0.elapsed(),
+        log.lines().last().unwrap_or_default()
+    );
+    assert!(
+        log.contains("requires a client certificate (mutual TLS)")
+            && log.contains("set kafka.tls.cert_file and kafka.tls.key_file"),
+        "{log}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "not at once: {:?}",
+        t0.elapsed()
+    );
+}

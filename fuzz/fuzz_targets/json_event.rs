@@ -13,7 +13,7 @@ const PATTERNS: &str = r#"
 pattern nested
   from s key card.id time ts within 5m
   match a then b+
-  define a as amount < 10 and tags[0] == "x", b as amount > 500 or merchant.country in ("FR", "DE")
+  define a as amount < 10 and tags.`0` == "x", b as amount > 500 or merchant.country in ["FR", "DE"]
   emit first = a.amount, n = count(b)
 end
 pattern by_time_text

@@ -113,6 +113,8 @@ impl ProducerContext for Recorder {
 enum Cause {
     Authentication,
     UntrustedCertificate,
+    /// The brokers want a client certificate, or refuse the one given.
+    ClientCertificate,
     Tls,
     PlaintextToTls,
     Unreachable,
@@ -130,6 +132,18 @@ fn classify(code: Option<RDKafkaErrorCode>, reason: &str, tls: bool) -> Option<C
         Some(RDKafkaErrorCode::Authentication) => Some(Cause::Authentication),
         Some(RDKafkaErrorCode::SaslAuthenticationFailed) => Some(Cause::Authentication),
         _ if lower.contains("certificate verify failed") => Some(Cause::UntrustedCertificate),
+        // TLS alerts the broker sends about the client's certificate.
+        _ if [
+            "alert certificate required",
+            "alert bad certificate",
+            "alert unknown ca",
+            "alert certificate unknown",
+        ]
+        .iter()
+        .any(|a| lower.contains(a)) =>
+        {
+            Some(Cause::ClientCertificate)
+        }
         Some(RDKafkaErrorCode::SSL) => Some(Cause::Tls),
         _ if lower.contains("ssl handshake failed") => Some(Cause::Tls),
         _ if lower.contains("incorrect security.protocol") => Some(Cause::PlaintextToTls),
@@ -158,6 +172,15 @@ fn explain(k: &KafkaSection, cause: &Cause, reason: &str, waited: Duration) -> S
                 .as_ref()
                 .map_or(String::new(), |f| format!(" (now {})", f.display()))
         ),
+        Cause::ClientCertificate => match (&k.tls.cert_file, &k.tls.key_file) {
+            (Some(cert), _) => format!(
+                "kafka: {brokers} refused the client certificate {} (mutual TLS): {reason}; use a certificate signed by a CA the brokers trust",
+                cert.display()
+            ),
+            _ => format!(
+                "kafka: {brokers} requires a client certificate (mutual TLS): {reason}; set kafka.tls.cert_file and kafka.tls.key_file"
+            ),
+        },
         Cause::Tls => format!(
             "kafka: the TLS handshake with {brokers} failed: {reason}; if the brokers do not speak TLS on this port, set kafka.protocol = \"plaintext\" or \"sasl_plaintext\""
         ),
@@ -218,7 +241,11 @@ fn check_blocking(k: &KafkaSection) -> Result<(), String> {
                 Some(cause) => return Err(explain(k, &cause, &reason, started.elapsed())),
                 None => {}
             }
-            said = Some(reason);
+            // "1/1 brokers are down" follows every failure: keep what
+            // came before it.
+            if !reason.contains("brokers are down") || said.is_none() {
+                said = Some(reason);
+            }
         }
         if started.elapsed() >= timeout {
             let last = said.unwrap_or(failed);
@@ -265,6 +292,11 @@ mod tests {
         );
         let down = "1/1 brokers are down";
         assert_eq!(classify(Some(C::AllBrokersDown), down, true), None);
+        let required = "ssl://127.0.0.1:1/bootstrap: Receive failed: error:0A00045C:SSL routines::tlsv13 alert certificate required: SSL alert number 116 (after 4ms in state APIVERSION_QUERY)";
+        assert_eq!(
+            classify(None, required, true),
+            Some(Cause::ClientCertificate)
+        );
         let hung_up = "sasl_plaintext://127.0.0.1:1/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 0ms in state APIVERSION_QUERY)";
         assert_eq!(classify(None, hung_up, false), Some(Cause::PlaintextToTls));
         assert_eq!(classify(None, hung_up, true), None);

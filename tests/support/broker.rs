@@ -20,6 +20,8 @@ use rdkafka::config::ClientConfig;
 
 pub struct Broker {
     child: Child,
+    /// The TLS front (stunnel) of a mutual-TLS broker.
+    front: Option<Child>,
     pub port: u16,
     pub dir: PathBuf,
     /// For a secured broker: the CA file clients trust (its own
@@ -97,7 +99,7 @@ impl Broker {
         let dir = std::env::temp_dir().join(format!("cep-broker-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("broker dir");
-        Broker::spawn(port, dir, storage, &[], None)
+        Broker::spawn(port, port, dir, storage, &[], None)
     }
 
     /// A broker that serves only TLS (a self-signed certificate for
@@ -112,7 +114,7 @@ impl Broker {
         let (cert, key) = self_signed(&dir, "broker");
         // Users are created over the broker's own (plaintext-only) client,
         // before authentication is turned on, on the same storage.
-        let open = Broker::spawn(port, dir.clone(), SQLITE, &[], None);
+        let open = Broker::spawn(port, port, dir.clone(), SQLITE, &[], None);
         for (name, password) in users {
             let out = Command::new(nisshi())
                 .args(["user", "create", name, password, "--broker"])
@@ -129,7 +131,7 @@ impl Broker {
         let dir = open.stop_keeping_data();
         let mut flags = vec!["--authentication".to_string()];
         flags.extend(["--cert".into(), path(&cert), "--key".into(), path(&key)]);
-        let b = Broker::spawn(port, dir, SQLITE, &flags, Some(cert.clone()));
+        let b = Broker::spawn(port, port, dir, SQLITE, &flags, Some(cert.clone()));
         let (user, password) = users[0];
         let settings = [
             ("security.protocol", "sasl_ssl"),
@@ -138,22 +140,60 @@ impl Broker {
             ("sasl.password", password),
             ("ssl.ca.location", &path(&cert)),
         ];
-        SECURED
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashMap::new)
-            .insert(
-                b.brokers(),
-                settings
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            );
+        register(&b.brokers(), &settings);
+        b
+    }
+
+    /// A broker behind a TLS front that requires a client certificate
+    /// (mutual TLS): stunnel on the advertised port checks the client's
+    /// certificate against `client.pem` in the broker's directory (made
+    /// with its key `client.key`, self-signed) and forwards to nisshi on a
+    /// loopback port of its own. nisshi itself serves TLS but does not ask
+    /// for client certificates, hence the front. The harness's clients
+    /// present the client certificate.
+    pub fn start_mutual_tls() -> Broker {
+        let (port, inner) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("cep-broker-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let (cert, key) = self_signed(&dir, "broker");
+        let (client_cert, client_key) = self_signed(&dir, "client");
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{inner}\ncert = {}\nkey = {}\nrequireCert = yes\nverifyPeer = yes\nCAfile = {}\n",
+                cert.display(),
+                key.display(),
+                client_cert.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("stunnel.log")).expect("stunnel log");
+        let front = Command::new(stunnel())
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("stunnel starts");
+        let mut b = Broker::spawn(inner, port, dir, SQLITE, &[], Some(cert.clone()));
+        b.front = Some(front);
+        b.port = port;
+        wait_listening(port, &b.dir.join("stunnel.log"));
+        let settings = [
+            ("security.protocol", "ssl"),
+            ("ssl.ca.location", &path(&cert)),
+            ("ssl.certificate.location", &path(&client_cert)),
+            ("ssl.key.location", &path(&client_key)),
+        ];
+        register(&b.brokers(), &settings);
         b
     }
 
     fn spawn(
         port: u16,
+        advertised: u16,
         dir: PathBuf,
         storage: &str,
         flags: &[String],
@@ -165,6 +205,7 @@ impl Broker {
             .open(dir.join("nisshi.log"))
             .expect("broker log");
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(nisshi())
             .current_dir(&dir)
             .args([
@@ -172,7 +213,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", storage])
             .args(flags)
@@ -187,19 +228,12 @@ impl Broker {
             .expect("nisshi starts");
         let b = Broker {
             child,
+            front: None,
             port,
             dir,
             ca,
         };
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "nisshi did not listen on {port}; see {}",
-                b.dir.join("nisshi.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, &b.dir.join("nisshi.log"));
         b
     }
 
@@ -226,10 +260,59 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(front) = self.front.as_mut() {
+            let _ = front.kill();
+            let _ = front.wait();
+        }
         if let Some(m) = SECURED.lock().unwrap().as_mut() {
             m.remove(&self.brokers());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until something listens on `port` (see `log` if not).
+fn wait_listening(port: u16, log: &Path) {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "nothing listens on {port}; see {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Makes the harness's clients of `brokers` use `settings`.
+fn register(brokers: &str, settings: &[(&str, &str)]) {
+    SECURED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(
+            brokers.to_string(),
+            settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+}
+
+/// The stunnel command (Debian's stunnel4 package; scripts/test.sh
+/// installs it).
+fn stunnel() -> &'static str {
+    let found = |c: &str| {
+        Command::new(c)
+            .arg("-version")
+            .stdin(Stdio::null())
+            .output()
+            .is_ok()
+    };
+    if found("stunnel4") {
+        "stunnel4"
+    } else {
+        "stunnel"
     }
 }
 
