@@ -29,6 +29,7 @@ pub mod produce;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub mod task;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,19 +1,18 @@
 //! The pipeline: records in, alerts out, checkpoints in between.
 //!
-//! One task owns the engine and reads the consumer. For each record it
-//! works out the stream, key and time sources of its topic, hands the bytes
-//! to [`Engine::push_record`] with the partition's own watermark as the
-//! lateness bound and the record's position as the tie-break, updates the
-//! partition's clock and, when the stream's watermark moved, drives the
-//! engine to it. Malformed records go to the dead-letter topic, late ones to
-//! the late topic (or are counted), alerts to their pattern's sinks.
+//! The pipeline reads the consumer and hands each record to the [`Task`]
+//! that matches the assigned partitions (what a record means, its
+//! watermarks and the engine live there, free of Kafka types); it then
+//! sends what the task made of it: malformed records to the dead-letter
+//! topic, late ones to the late topic (or only counts them), alerts to
+//! their pattern's sinks.
 //!
 //! Every output is entered in the [`Ledger`] before it leaves. On a timer
 //! the pipeline snapshots the engine with the next offset of every
 //! partition; once the ledger says everything before the snapshot is
 //! acknowledged, the checkpoint is written and its offsets committed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,18 +24,17 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::compiler::Automaton;
-use crate::config::{InputConfig, KafkaSection, KeySource, LatePolicy, TimeSource};
+use crate::config::{KafkaSection, LatePolicy};
 use crate::deadletter::{DeadLetter, Origin};
-use crate::engine::{Engine, EngineConfig, Output, Record};
-use crate::event::stable_hash;
-use crate::service::checkpoint::{partition_name, Checkpoint, Store, FORMAT};
+use crate::engine::EngineConfig;
+use crate::service::checkpoint::{Checkpoint, Store};
 use crate::service::durable;
 use crate::service::ledger::Ledger;
 use crate::service::metrics::{Counter, Metrics};
 use crate::service::sink::kafka::{Outgoing, Producer};
 use crate::service::sink::{AlertOut, Delivery, Sink};
 use crate::service::source::{self, Rebalance, Source};
-use crate::time::partitions::PartitionClocks;
+use crate::service::task::{Incoming, Task, TaskConfig};
 
 /// Shared with the HTTP endpoints.
 #[derive(Default)]
@@ -75,39 +73,10 @@ pub enum Command {
     },
 }
 
-/// A partition as the pipeline tracks it (names built once, not per
-/// record).
-struct Part {
-    /// `topic/partition`.
-    name: Arc<str>,
-    topic: Arc<str>,
-    stream: Arc<str>,
-    input: usize,
-    /// Tie-break base: topic index and partition in the high bits.
-    order_base: u64,
-}
-
-/// Counts kept locally and added to the metrics once per tick.
-#[derive(Default)]
-struct Counts {
-    events_in: HashMap<String, u64>,
-    decode_errors: HashMap<String, u64>,
-    late: HashMap<String, u64>,
-}
-
 pub struct Pipeline {
     p: Parts,
-    engine: Engine,
-    inputs: Vec<InputConfig>,
-    topic_index: HashMap<String, usize>,
-    parts: HashMap<(usize, i32), Part>,
-    clocks: BTreeMap<String, PartitionClocks>,
-    engine_wm: HashMap<String, i64>,
-    /// `topic/partition` → next offset, for partitions read since the
-    /// assignment (or restored).
-    positions: BTreeMap<String, i64>,
-    assigned: BTreeSet<String>,
-    counts: Counts,
+    /// The matching of every assigned partition.
+    task: Task,
     /// Snapshot waiting for its outputs: (ledger high mark, checkpoint).
     pending: Option<(u64, Checkpoint)>,
     /// The checkpoint being written, if any (one at a time, in order).
@@ -116,48 +85,33 @@ pub struct Pipeline {
     started: Instant,
     side_slots: Arc<tokio::sync::Semaphore>,
     alert_counters: HashMap<String, (Counter, Counter)>,
-    out: Output,
 }
 
 impl Pipeline {
     pub fn new(p: Parts) -> Pipeline {
-        let inputs = p.kafka.inputs.clone();
-        let topic_index = inputs
-            .iter()
-            .enumerate()
-            .map(|(n, i)| (i.topic.clone(), n))
-            .collect();
-        let engine = Engine::new(p.automata.clone(), p.engine);
+        let task = Task::new(
+            p.automata.clone(),
+            TaskConfig {
+                engine: p.engine,
+                inputs: p.kafka.inputs.clone(),
+                max_event_bytes: p.kafka.max_event_bytes,
+                idle_after: p.kafka.idle_timeout.millis() as u64,
+            },
+        );
         Pipeline {
-            engine,
-            inputs,
-            topic_index,
-            parts: HashMap::new(),
-            clocks: BTreeMap::new(),
-            engine_wm: HashMap::new(),
-            positions: BTreeMap::new(),
-            assigned: BTreeSet::new(),
-            counts: Counts::default(),
+            task,
             pending: None,
             writing: None,
             last_checkpoint: Instant::now(),
             started: Instant::now(),
             side_slots: Arc::new(tokio::sync::Semaphore::new(10_000)),
             alert_counters: HashMap::new(),
-            out: Output::default(),
             p,
         }
     }
 
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
-    }
-
-    fn new_clocks(&self) -> PartitionClocks {
-        PartitionClocks::new(
-            self.p.engine.lateness_ms,
-            self.p.kafka.idle_timeout.millis() as u64,
-        )
     }
 
     /// Runs until `shutdown` resolves, then checkpoints what it can within
@@ -195,7 +149,7 @@ impl Pipeline {
     fn apply(&mut self, c: Command) {
         match c {
             Command::Swap { automata, done } => {
-                let fresh = self.engine.swap_patterns(automata.clone());
+                let fresh = self.task.swap_patterns(automata.clone());
                 self.p.automata = automata;
                 tracing::info!(fresh = ?fresh, patterns = self.p.automata.len(), "pattern set swapped");
                 let _ = done.send(fresh);
@@ -208,158 +162,47 @@ impl Pipeline {
             // Whatever happens, the old state goes: revoked partitions keep
             // nothing, and a new assignment starts from its checkpoint or
             // its committed offsets.
-            self.engine = Engine::new(self.p.automata.clone(), self.p.engine);
-            self.clocks.clear();
-            self.engine_wm.clear();
-            self.positions.clear();
-            self.assigned.clear();
-            self.parts.clear();
             self.pending = None;
             self.p.health.ready.store(false, Ordering::SeqCst);
-            if let Rebalance::Assigned {
-                partitions,
-                restore,
-            } = r
-            {
-                if restore.is_none() {
-                    // An unreadable checkpoint must not be skipped silently.
-                    self.p.store.load()?;
-                }
-                let now = self.now();
-                for (t, p) in &partitions {
-                    let name = partition_name(t, *p);
-                    if let Some(&i) = self.topic_index.get(t) {
-                        let stream = self.inputs[i].stream().to_string();
-                        let fresh = self.new_clocks();
-                        self.clocks
-                            .entry(stream)
-                            .or_insert(fresh)
-                            .assign(&name, now);
-                    }
-                    self.assigned.insert(name);
-                }
-                if let Some(c) = restore {
-                    let fresh = self.engine.restore(c.engine);
-                    if !fresh.is_empty() {
-                        tracing::warn!(patterns = ?fresh, "patterns changed since the checkpoint start afresh");
-                    }
-                    for (stream, mut clocks) in c.clocks {
-                        clocks.touch_all(now);
-                        self.clocks.insert(stream, clocks);
-                    }
-                    self.positions = c.offsets;
-                }
-                self.p
-                    .health
-                    .ready
-                    .store(!self.assigned.is_empty(), Ordering::SeqCst);
+            let (partitions, restore) = match r {
+                Rebalance::Assigned {
+                    partitions,
+                    restore,
+                } => (partitions, restore),
+                Rebalance::Revoked => (Vec::new(), None),
+            };
+            if restore.is_none() && !partitions.is_empty() {
+                // An unreadable checkpoint must not be skipped silently.
+                self.p.store.load()?;
             }
+            let now = self.now();
+            let fresh = self.task.assign(&partitions, restore.map(|c| *c), now);
+            if !fresh.is_empty() {
+                tracing::warn!(patterns = ?fresh, "patterns changed since the checkpoint start afresh");
+            }
+            let ready = !self.task.assigned().is_empty();
+            self.p.health.ready.store(ready, Ordering::SeqCst);
         }
         Ok(())
     }
 
-    fn part(&mut self, topic: &str, partition: i32) -> Option<&Part> {
-        let i = *self.topic_index.get(topic)?;
-        let stream = self.inputs[i].stream();
-        Some(self.parts.entry((i, partition)).or_insert_with(|| Part {
-            name: partition_name(topic, partition).into(),
-            topic: topic.into(),
-            stream: stream.into(),
-            input: i,
-            order_base: ((i as u64) << 56) | ((partition as u64 & 0xffff) << 40),
-        }))
-    }
-
     async fn handle(&mut self, m: &BorrowedMessage<'_>) {
-        let Some(part) = self.part(m.topic(), m.partition()) else {
-            return;
+        let rec = Incoming {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            value: m.payload(),
+            timestamp: m.timestamp().to_millis(),
         };
-        let (name, input, order_base) = (part.name.clone(), part.input, part.order_base);
-        let (topic, stream) = (part.topic.clone(), part.stream.clone());
-        let offset = m.offset();
-        match self.positions.get_mut(&*name) {
-            Some(p) => *p = offset + 1,
-            None => {
-                self.positions.insert(name.to_string(), offset + 1);
-            }
-        }
-        bump(&mut self.counts.events_in, &topic);
-        let cfg = &self.inputs[input];
-        let payload = m.payload().unwrap_or_default();
-
-        let reject = |why: String| Some(why);
-        let problem = if m.payload().is_none() {
-            reject("empty record (no value)".into())
-        } else if payload.len() > self.p.kafka.max_event_bytes {
-            reject(format!(
-                "record of {} bytes is larger than kafka.max_event_bytes ({})",
-                payload.len(),
-                self.p.kafka.max_event_bytes
-            ))
-        } else {
-            None
-        };
-        let key = match (cfg.key, m.key()) {
-            (KeySource::Message, Some(k)) => std::str::from_utf8(k).ok(),
-            _ => None,
-        };
-        let problem = problem.or_else(|| match (cfg.key, key) {
-            (KeySource::Message, None) => Some("no message key (or not UTF-8)".to_string()),
-            _ => None,
-        });
-        let time = match cfg.time {
-            TimeSource::Timestamp => m.timestamp().to_millis(),
-            TimeSource::Field => None,
-        };
-        let problem = problem.or_else(|| match (cfg.time, time) {
-            (TimeSource::Timestamp, None) => Some("no record timestamp".to_string()),
-            _ => None,
-        });
         let now = self.now();
-        let mut out = std::mem::take(&mut self.out);
-        let problem = match problem {
-            Some(p) => Some(p),
-            None => {
-                let clocks = self.clocks.get(&*stream);
-                let rec = Record {
-                    json: payload,
-                    hash: stable_hash(payload, 0),
-                    key,
-                    time,
-                    order: Some(order_base | (offset as u64 & ((1 << 40) - 1))),
-                    late_before: clocks.map_or(i64::MIN, |c| c.late_before(&name)),
-                };
-                match self.engine.push_record(&stream, &rec, &mut out) {
-                    Ok(t) => {
-                        if !self.clocks.contains_key(&*stream) {
-                            let fresh = self.new_clocks();
-                            self.clocks.insert(stream.to_string(), fresh);
-                        }
-                        let clocks = self.clocks.get_mut(&*stream).expect("just made");
-                        clocks.observe(&name, t, now);
-                        None
-                    }
-                    Err(e) => Some(format!("not a JSON object: {e}")),
-                }
-            }
-        };
-        let reasons = match problem {
-            Some(p) => vec![p],
-            None => out
-                .rejected
-                .iter()
-                .map(|r| format!("pattern {}: {}", r.pattern, r.reason))
-                .collect(),
-        };
-        if !reasons.is_empty() {
-            bump(&mut self.counts.decode_errors, &topic);
-            self.dead_letter(m, reasons).await;
+        let fate = self.task.push(&rec, now);
+        if !fate.dead.is_empty() {
+            self.dead_letter(m, fate.dead).await;
         }
-        if !out.late.is_empty() {
-            bump(&mut self.counts.late, &stream);
+        if let Some((t, w)) = fate.late {
             if self.p.kafka.late_events == LatePolicy::Topic {
-                let first = &out.late[0];
-                let (t, w) = (first.event_time.to_string(), first.watermark.to_string());
+                let (t, w) = (t.to_string(), w.to_string());
                 let why = format!("late: event time {t} is before the watermark {w}");
                 self.side_output(
                     m,
@@ -373,34 +216,12 @@ impl Pipeline {
                 .await;
             }
         }
-        out.rejected.clear();
-        out.late.clear();
-        self.advance(&stream, now, &mut out);
-        self.dispatch(&mut out).await;
-        self.out = out;
+        self.dispatch().await;
     }
 
-    /// Drives the engine to the stream's watermark if it moved.
-    fn advance(&mut self, stream: &str, now: u64, out: &mut Output) {
-        let Some(wm) = self
-            .clocks
-            .get(stream)
-            .and_then(|c| c.engine_watermark(now))
-        else {
-            return;
-        };
-        let last = match self.engine_wm.get_mut(stream) {
-            Some(l) => l,
-            None => self.engine_wm.entry(stream.to_string()).or_insert(i64::MIN),
-        };
-        if wm > *last {
-            *last = wm;
-            self.engine.advance_watermark(stream, wm, out);
-        }
-    }
-
-    async fn dispatch(&mut self, out: &mut Output) {
-        for a in out.alerts.drain(..) {
+    async fn dispatch(&mut self) {
+        let alerts: Vec<_> = self.task.take_alerts().collect();
+        for a in alerts {
             let kind = match a.kind {
                 crate::engine::AlertKind::Match => "match",
                 crate::engine::AlertKind::Timeout => "timeout",
@@ -531,13 +352,8 @@ impl Pipeline {
 
     async fn on_tick(&mut self, consumer: &Arc<Source>) {
         let now = self.now();
-        let mut out = std::mem::take(&mut self.out);
-        let streams: Vec<String> = self.clocks.keys().cloned().collect();
-        for s in streams {
-            self.advance(&s, now, &mut out);
-        }
-        self.dispatch(&mut out).await;
-        self.out = out;
+        self.task.tick(now);
+        self.dispatch().await;
         self.publish_metrics();
 
         if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
@@ -550,7 +366,7 @@ impl Pipeline {
             }
         }
         if self.pending.is_none()
-            && !self.assigned.is_empty()
+            && !self.task.assigned().is_empty()
             && self.last_checkpoint.elapsed() >= self.p.checkpoint_interval
         {
             self.last_checkpoint = Instant::now();
@@ -560,14 +376,7 @@ impl Pipeline {
     }
 
     fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
-            format: FORMAT,
-            group: self.p.kafka.group_id.clone(),
-            partitions: self.assigned.clone(),
-            offsets: self.positions.clone(),
-            clocks: self.clocks.clone(),
-            engine: self.engine.snapshot(),
-        }
+        self.task.checkpoint(&self.p.kafka.group_id)
     }
 
     /// Writes the checkpoint, then commits its offsets, on a blocking
@@ -594,21 +403,22 @@ impl Pipeline {
     }
 
     fn publish_metrics(&mut self) {
+        let counts = self.task.take_counts();
         let m = &self.p.metrics;
-        for (t, n) in self.counts.events_in.drain() {
+        for (t, n) in counts.events_in {
             m.add("cep_events_in_total", &[("topic", &t)], n as f64);
         }
-        for (t, n) in self.counts.decode_errors.drain() {
+        for (t, n) in counts.decode_errors {
             m.add("cep_decode_errors_total", &[("topic", &t)], n as f64);
         }
-        for (s, n) in self.counts.late.drain() {
+        for (s, n) in counts.late {
             m.add("cep_late_events_total", &[("stream", &s)], n as f64);
         }
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         m.clear("cep_watermark_lag_seconds");
-        for clocks in self.clocks.values() {
+        for clocks in self.task.clocks() {
             for (name, wm) in clocks.partition_watermarks() {
                 if let Some(w) = wm {
                     let (topic, p) = name.rsplit_once('/').unwrap_or((name, ""));
@@ -620,7 +430,7 @@ impl Pipeline {
                 }
             }
         }
-        for s in self.engine.stats() {
+        for s in self.task.engine().stats() {
             let l = [("pattern", s.pattern.as_str())];
             m.set("cep_active_runs", &l, s.active_runs as f64);
             m.set("cep_pattern_events", &l, s.matched.events as f64);
@@ -641,7 +451,7 @@ impl Pipeline {
     async fn shutdown(mut self, consumer: Arc<Source>) -> Result<(), String> {
         self.p.health.ready.store(false, Ordering::SeqCst);
         let deadline = self.p.shutdown_timeout;
-        let c = (!self.assigned.is_empty()).then(|| self.checkpoint());
+        let c = (!self.task.assigned().is_empty()).then(|| self.checkpoint());
         let high = self.p.ledger.high();
         let flushed = tokio::time::timeout(deadline, self.p.ledger.wait_through(high))
             .await
@@ -673,16 +483,6 @@ impl Pipeline {
         self.p.producer.flush(Duration::from_secs(2));
         self.publish_metrics();
         result
-    }
-}
-
-/// Adds one to `counts[name]` without allocating a key each time.
-fn bump(counts: &mut HashMap<String, u64>, name: &str) {
-    match counts.get_mut(name) {
-        Some(n) => *n += 1,
-        None => {
-            counts.insert(name.to_string(), 1);
-        }
     }
 }
 

@@ -1,0 +1,520 @@
+//! A task: the matching of a set of input partitions, with its own engine,
+//! event-time clocks and checkpoint.
+//!
+//! This is the part of the service that decides what a record means, kept
+//! apart from Kafka: it sees records as [`Incoming`] (topic, partition,
+//! offset, key, value, timestamp; no rdkafka type) and a monotonic `now` in
+//! milliseconds, and answers with the record's [`Fate`] (dead letter, late)
+//! and alerts to send. The pipeline around it reads the consumer, sends
+//! what the task produced to sinks and side topics, and writes checkpoints;
+//! the task can be driven and checked alone, with time under the test's
+//! control.
+//!
+//! Per record: the input's key and time sources are applied (message key,
+//! record timestamp, or the pattern's fields), the value goes to the engine
+//! with its partition's watermark as the lateness bound and its position as
+//! the tie-break, the partition's clock moves, and when the stream's
+//! watermark passes events the engine releases them (see
+//! [`crate::time::partitions`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::compiler::Automaton;
+use crate::config::{InputConfig, KeySource, TimeSource};
+use crate::engine::{Alert, Engine, EngineConfig, Output, Record};
+use crate::event::stable_hash;
+use crate::service::checkpoint::{partition_name, Checkpoint, FORMAT};
+use crate::time::partitions::PartitionClocks;
+
+/// A record as the task sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    /// `None` for a record without a value.
+    pub value: Option<&'a [u8]>,
+    /// The record's timestamp, epoch milliseconds.
+    pub timestamp: Option<i64>,
+}
+
+/// What became of a record besides feeding the engine.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fate {
+    /// Why it goes to the dead-letter topic: one reason, or one per pattern
+    /// that refused it. Empty: it was read.
+    pub dead: Vec<String>,
+    /// It was late for at least one pattern: (event time, watermark).
+    pub late: Option<(i64, i64)>,
+}
+
+/// How the task reads its inputs.
+#[derive(Clone, Debug)]
+pub struct TaskConfig {
+    pub engine: EngineConfig,
+    pub inputs: Vec<InputConfig>,
+    /// Larger values are dead-lettered unread.
+    pub max_event_bytes: usize,
+    /// A partition silent this long (ms) is left out of its stream's
+    /// watermark.
+    pub idle_after: u64,
+}
+
+/// A partition as the task tracks it (names built once, not per record).
+#[derive(Clone)]
+struct Part {
+    /// `topic/partition`.
+    name: Arc<str>,
+    topic: Arc<str>,
+    stream: Arc<str>,
+    input: usize,
+    /// Tie-break base: topic index and partition in the high bits.
+    order_base: u64,
+}
+
+/// Counts kept per record and handed to the metrics in batches.
+#[derive(Default)]
+pub struct Counts {
+    /// Per topic.
+    pub events_in: HashMap<String, u64>,
+    /// Per topic.
+    pub decode_errors: HashMap<String, u64>,
+    /// Per stream.
+    pub late: HashMap<String, u64>,
+}
+
+pub struct Task {
+    config: TaskConfig,
+    automata: Vec<Automaton>,
+    engine: Engine,
+    topic_index: HashMap<String, usize>,
+    parts: HashMap<(usize, i32), Part>,
+    /// Per stream.
+    clocks: BTreeMap<String, PartitionClocks>,
+    /// Per stream: the watermark the engine was last driven to.
+    engine_wm: HashMap<String, i64>,
+    /// `topic/partition` → next offset, for partitions read since the
+    /// assignment (or restored).
+    positions: BTreeMap<String, i64>,
+    assigned: BTreeSet<String>,
+    counts: Counts,
+    out: Output,
+}
+
+impl Task {
+    pub fn new(automata: Vec<Automaton>, config: TaskConfig) -> Task {
+        let topic_index = config
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(n, i)| (i.topic.clone(), n))
+            .collect();
+        Task {
+            engine: Engine::new(automata.clone(), config.engine),
+            automata,
+            config,
+            topic_index,
+            parts: HashMap::new(),
+            clocks: BTreeMap::new(),
+            engine_wm: HashMap::new(),
+            positions: BTreeMap::new(),
+            assigned: BTreeSet::new(),
+            counts: Counts::default(),
+            out: Output::default(),
+        }
+    }
+
+    fn new_clocks(&self) -> PartitionClocks {
+        PartitionClocks::new(self.config.engine.lateness_ms, self.config.idle_after)
+    }
+
+    /// Takes `partitions` (topic, partition), fresh or from `restore`;
+    /// whatever the task held before is dropped. Returns the patterns that
+    /// changed since the checkpoint and start afresh.
+    pub fn assign(
+        &mut self,
+        partitions: &[(String, i32)],
+        restore: Option<Checkpoint>,
+        now: u64,
+    ) -> Vec<String> {
+        *self = Task::new(self.automata.clone(), self.config.clone());
+        for (t, p) in partitions {
+            let name = partition_name(t, *p);
+            if let Some(&i) = self.topic_index.get(t) {
+                let stream = self.config.inputs[i].stream().to_string();
+                let fresh = self.new_clocks();
+                self.clocks
+                    .entry(stream)
+                    .or_insert(fresh)
+                    .assign(&name, now);
+            }
+            self.assigned.insert(name);
+        }
+        let Some(c) = restore else {
+            return Vec::new();
+        };
+        let fresh = self.engine.restore(c.engine);
+        for (stream, mut clocks) in c.clocks {
+            clocks.touch_all(now);
+            self.clocks.insert(stream, clocks);
+        }
+        self.positions = c.offsets;
+        fresh
+    }
+
+    /// The partitions (`topic/partition`) the task holds.
+    pub fn assigned(&self) -> &BTreeSet<String> {
+        &self.assigned
+    }
+
+    /// Runs exactly `automata` from the next record on; returns the
+    /// patterns that start afresh.
+    pub fn swap_patterns(&mut self, automata: Vec<Automaton>) -> Vec<String> {
+        self.automata = automata.clone();
+        self.engine.swap_patterns(automata)
+    }
+
+    fn part(&mut self, topic: &str, partition: i32) -> Option<&Part> {
+        let i = *self.topic_index.get(topic)?;
+        let stream = self.config.inputs[i].stream();
+        Some(self.parts.entry((i, partition)).or_insert_with(|| Part {
+            name: partition_name(topic, partition).into(),
+            topic: topic.into(),
+            stream: stream.into(),
+            input: i,
+            order_base: ((i as u64) << 56) | ((partition as u64 & 0xffff) << 40),
+        }))
+    }
+
+    /// Reads one record: feeds the engine, moves the clocks and releases
+    /// what the watermark passed. Alerts wait in [`Task::take_alerts`].
+    pub fn push(&mut self, rec: &Incoming<'_>, now: u64) -> Fate {
+        let Some(part) = self.part(rec.topic, rec.partition).cloned() else {
+            return Fate::default();
+        };
+        let Part {
+            name,
+            topic,
+            stream,
+            input,
+            ..
+        } = part.clone();
+        match self.positions.get_mut(&*name) {
+            Some(p) => *p = rec.offset + 1,
+            None => {
+                self.positions.insert(name.to_string(), rec.offset + 1);
+            }
+        }
+        bump(&mut self.counts.events_in, &topic);
+        let mut out = std::mem::take(&mut self.out);
+        let problem = match self.check(rec, input) {
+            Err(p) => Some(p),
+            Ok((key, time)) => self.feed(rec, &part, key, time, now, &mut out),
+        };
+        let fate = Fate {
+            dead: match problem {
+                Some(p) => vec![p],
+                None => out
+                    .rejected
+                    .iter()
+                    .map(|r| format!("pattern {}: {}", r.pattern, r.reason))
+                    .collect(),
+            },
+            late: out.late.first().map(|l| (l.event_time, l.watermark)),
+        };
+        if !fate.dead.is_empty() {
+            bump(&mut self.counts.decode_errors, &topic);
+        }
+        if fate.late.is_some() {
+            bump(&mut self.counts.late, &stream);
+        }
+        out.rejected.clear();
+        out.late.clear();
+        self.advance(&stream, now, &mut out);
+        self.out = out;
+        fate
+    }
+
+    /// The key and time a record carries by its input's configuration, or
+    /// why it cannot be read.
+    fn check<'a>(
+        &self,
+        rec: &Incoming<'a>,
+        input: usize,
+    ) -> Result<(Option<&'a str>, Option<i64>), String> {
+        let cfg = &self.config.inputs[input];
+        let Some(value) = rec.value else {
+            return Err("empty record (no value)".into());
+        };
+        if value.len() > self.config.max_event_bytes {
+            return Err(format!(
+                "record of {} bytes is larger than kafka.max_event_bytes ({})",
+                value.len(),
+                self.config.max_event_bytes
+            ));
+        }
+        let key = match cfg.key {
+            KeySource::Message => Some(
+                rec.key
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .ok_or("no message key (or not UTF-8)")?,
+            ),
+            KeySource::Fields => None,
+        };
+        let time = match cfg.time {
+            TimeSource::Timestamp => Some(rec.timestamp.ok_or("no record timestamp")?),
+            TimeSource::Field => None,
+        };
+        Ok((key, time))
+    }
+
+    /// Hands a readable record to the engine and moves its partition's
+    /// clock; `Some(reason)` when it is not a JSON object.
+    fn feed(
+        &mut self,
+        rec: &Incoming<'_>,
+        part: &Part,
+        key: Option<&str>,
+        time: Option<i64>,
+        now: u64,
+        out: &mut Output,
+    ) -> Option<String> {
+        let (name, stream) = (&*part.name, &*part.stream);
+        let value = rec.value.unwrap_or_default();
+        let clocks = self.clocks.get(stream);
+        let record = Record {
+            json: value,
+            hash: stable_hash(value, 0),
+            key,
+            time,
+            order: Some(part.order_base | (rec.offset as u64 & ((1 << 40) - 1))),
+            late_before: clocks.map_or(i64::MIN, |c| c.late_before(name)),
+        };
+        match self.engine.push_record(stream, &record, out) {
+            Ok(t) => {
+                if !self.clocks.contains_key(stream) {
+                    let fresh = self.new_clocks();
+                    self.clocks.insert(stream.to_string(), fresh);
+                }
+                let clocks = self.clocks.get_mut(stream).expect("just made");
+                clocks.observe(name, t, now);
+                None
+            }
+            Err(e) => Some(format!("not a JSON object: {e}")),
+        }
+    }
+
+    /// Drives the engine to the stream's watermark if it moved.
+    fn advance(&mut self, stream: &str, now: u64, out: &mut Output) {
+        let Some(wm) = self
+            .clocks
+            .get(stream)
+            .and_then(|c| c.engine_watermark(now))
+        else {
+            return;
+        };
+        let last = match self.engine_wm.get_mut(stream) {
+            Some(l) => l,
+            None => self.engine_wm.entry(stream.to_string()).or_insert(i64::MIN),
+        };
+        if wm > *last {
+            *last = wm;
+            self.engine.advance_watermark(stream, wm, out);
+        }
+    }
+
+    /// Moves every stream's watermark as time passes (idle partitions drop
+    /// out of it).
+    pub fn tick(&mut self, now: u64) {
+        let mut out = std::mem::take(&mut self.out);
+        let streams: Vec<String> = self.clocks.keys().cloned().collect();
+        for s in streams {
+            self.advance(&s, now, &mut out);
+        }
+        self.out = out;
+    }
+
+    /// Alerts produced since the last call, in order.
+    pub fn take_alerts(&mut self) -> std::vec::Drain<'_, Alert> {
+        self.out.alerts.drain(..)
+    }
+
+    /// Counts since the last call.
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// The state with the next offset of every partition read: what a
+    /// restart resumes from.
+    pub fn checkpoint(&self, group: &str) -> Checkpoint {
+        Checkpoint {
+            format: FORMAT,
+            group: group.to_string(),
+            partitions: self.assigned.clone(),
+            offsets: self.positions.clone(),
+            clocks: self.clocks.clone(),
+            engine: self.engine.snapshot(),
+        }
+    }
+
+    /// Per stream, the clocks (for the watermark-lag metric).
+    pub fn clocks(&self) -> impl Iterator<Item = &PartitionClocks> {
+        self.clocks.values()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Adds one to `counts[name]` without allocating a key each time.
+fn bump(counts: &mut HashMap<String, u64>, name: &str) {
+    match counts.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(name.to_string(), 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiler::compile_source;
+
+    const PATTERN: &str = r#"pattern small_then_large
+  from cards key card.id time ts within 5m
+  match small then large
+  define small as amount < 10, large as amount > 500
+  emit large_amount = large.amount
+end
+"#;
+
+    fn task(lateness_ms: i64, idle_after: u64) -> Task {
+        let inputs: Vec<InputConfig> = toml::from_str::<toml::Table>("[[i]]\ntopic = \"cards\"\n")
+            .unwrap()["i"]
+            .clone()
+            .try_into()
+            .unwrap();
+        let config = TaskConfig {
+            engine: EngineConfig {
+                lateness_ms,
+                external_watermark: true,
+                ..EngineConfig::default()
+            },
+            inputs,
+            max_event_bytes: 1000,
+            idle_after,
+        };
+        let mut t = Task::new(compile_source("t.cep", PATTERN).unwrap(), config);
+        t.assign(&[("cards".into(), 0), ("cards".into(), 1)], None, 0);
+        t
+    }
+
+    fn card(card: &str, ts: i64, amount: f64) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"card": {"id": card}, "ts": ts, "amount": amount}))
+            .unwrap()
+    }
+
+    fn rec(partition: i32, offset: i64, value: &[u8]) -> Incoming<'_> {
+        Incoming {
+            topic: "cards",
+            partition,
+            offset,
+            key: None,
+            value: Some(value),
+            timestamp: None,
+        }
+    }
+
+    fn alerts(t: &mut Task) -> Vec<String> {
+        t.take_alerts()
+            .map(|a| format!("{}:{}", a.key, a.fields["large_amount"]))
+            .collect()
+    }
+
+    #[test]
+    fn a_match_leaves_once_every_partition_has_passed_it() {
+        let mut t = task(0, 30_000);
+        let (a, b) = (card("c1", 1_000, 5.0), card("c1", 2_000, 900.0));
+        assert_eq!(t.push(&rec(0, 0, &a), 10), Fate::default());
+        assert_eq!(t.push(&rec(0, 1, &b), 20), Fate::default());
+        // Partition 1 has said nothing yet: nothing is released.
+        assert!(alerts(&mut t).is_empty());
+        t.push(&rec(1, 0, &card("c9", 3_000, 50.0)), 30);
+        // Partition 0 is at 2 s: its next record may still be as old.
+        assert!(alerts(&mut t).is_empty());
+        t.push(&rec(0, 2, &card("c8", 4_000, 50.0)), 40);
+        assert_eq!(alerts(&mut t), [r#""c1":900.0"#]);
+        assert_eq!(t.checkpoint("g").offsets["cards/0"], 3);
+        assert_eq!(t.checkpoint("g").offsets["cards/1"], 1);
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_the_watermark_back() {
+        let mut t = task(0, 1_000);
+        let (a, b, c) = (
+            card("c1", 1_000, 5.0),
+            card("c1", 2_000, 900.0),
+            card("c2", 3_000, 1.0),
+        );
+        t.push(&rec(0, 0, &a), 0);
+        t.push(&rec(0, 1, &b), 0);
+        t.push(&rec(0, 2, &c), 500);
+        // Partition 1, silent since its assignment at 0, holds it back...
+        t.tick(999);
+        assert!(alerts(&mut t).is_empty());
+        // ...until it has been silent for the idle timeout.
+        t.tick(1_001);
+        assert_eq!(alerts(&mut t), [r#""c1":900.0"#]);
+    }
+
+    #[test]
+    fn unreadable_and_late_records_are_named() {
+        let mut t = task(1_000, 30_000);
+        let no_key = br#"{"ts": 5000, "amount": 1}"#;
+        let fate = t.push(&rec(0, 0, no_key), 0);
+        assert_eq!(
+            fate.dead,
+            ["pattern small_then_large: missing key field `card.id`"]
+        );
+        assert_eq!(t.push(&rec(0, 1, b"[1]"), 0).dead.len(), 1);
+        let empty = Incoming {
+            value: None,
+            ..rec(0, 2, b"")
+        };
+        assert_eq!(t.push(&empty, 0).dead, ["empty record (no value)"]);
+        let big = vec![b' '; 1001];
+        assert!(t.push(&rec(0, 3, &big), 0).dead[0].contains("larger than"));
+        t.push(&rec(0, 4, &card("c1", 10_000, 5.0)), 0);
+        let fate = t.push(&rec(0, 5, &card("c1", 8_000, 5.0)), 0);
+        assert_eq!(fate.late.map(|(time, _)| time), Some(8_000));
+        assert!(fate.dead.is_empty());
+        let counts = t.take_counts();
+        assert_eq!(counts.events_in["cards"], 6);
+        assert_eq!(counts.decode_errors["cards"], 4);
+        assert_eq!(counts.late["cards"], 1);
+    }
+
+    #[test]
+    fn a_restored_task_continues_a_partial_match() {
+        let mut t = task(0, 30_000);
+        let (a, b, c) = (
+            card("c1", 1_000, 5.0),
+            card("c1", 2_000, 900.0),
+            card("c2", 3_000, 50.0),
+        );
+        t.push(&rec(0, 0, &a), 0);
+        let saved = serde_json::to_vec(&t.checkpoint("g")).unwrap();
+        let mut u = task(0, 30_000);
+        let restored: Checkpoint = serde_json::from_slice(&saved).unwrap();
+        let parts = [("cards".to_string(), 0), ("cards".to_string(), 1)];
+        assert!(u.assign(&parts, Some(restored), 100).is_empty());
+        u.push(&rec(0, 1, &b), 100);
+        u.push(&rec(1, 0, &c), 100);
+        u.push(&rec(0, 2, &card("c8", 4_000, 50.0)), 100);
+        assert_eq!(alerts(&mut u), [r#""c1":900.0"#]);
+    }
+}
