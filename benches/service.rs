@@ -173,6 +173,8 @@ group_id = "cep-{run}"
 instance_id = "bench-{run}"
 [[kafka.inputs]]
 topic = "in"
+# Records are keyed by card (see `load`): each partition is a task.
+partitioned_by = "card.id"
 [sinks.out]
 type = "kafka"
 topic = "cep-out"

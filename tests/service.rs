@@ -37,6 +37,8 @@ group_id = "cep-test"
 
 [[kafka.inputs]]
 topic = "cards"
+# The tests produce each card's events to one partition.
+partitioned_by = "card.id"
 
 [sinks.alerts]
 type = "kafka"
@@ -177,16 +179,56 @@ fn fraud_patterns_end_to_end_equal_replay_and_shut_down_cleanly() {
     let status = serve.wait(Duration::from_secs(30));
     assert!(status.success(), "exit {status}:\n{}", serve.log());
     assert!(t0.elapsed() < Duration::from_secs(15));
-    let ckpt: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("state/checkpoint-cep-test.json")).unwrap())
-            .unwrap();
-    let offsets: i64 = ckpt["offsets"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_i64().unwrap())
+    // One checkpoint per task (partition number).
+    let offsets: i64 = (0..3)
+        .map(|task| {
+            let file = dir.join(format!("state/checkpoint-cep-test-task-{task}.json"));
+            let ckpt: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+            ckpt["offsets"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_i64().unwrap())
+                .sum::<i64>()
+        })
         .sum();
     assert_eq!(offsets, lines.len() as i64, "every record checkpointed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Each partition is a task with its own clock: a match on one partition
+/// leaves as soon as that partition's watermark passes it, however long
+/// another partition stays silent (here far shorter than its idle timeout).
+#[test]
+fn a_partition_does_not_wait_for_a_silent_one() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 2);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("own-clock");
+    let ev = |ts: i64, amount: f64| {
+        serde_json::to_vec(&serde_json::json!({"card": {"id": "c1"}, "ts": ts, "amount": amount}))
+            .unwrap()
+    };
+    let events = [ev(1_000, 5.0), ev(2_000, 900.0), ev(3_000, 50.0)];
+    let out: Vec<Out> = events
+        .iter()
+        .map(|v| Out {
+            partition: Some(0),
+            key: None,
+            value: v,
+        })
+        .collect();
+    produce(&b, "cards", &out);
+    let cfg = config(&b, &repo("patterns/fraud"), "idle_timeout = \"10m\"", "0s");
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let t0 = Instant::now();
+    let got = consume_until(&b, "alerts", Duration::from_secs(30), |g| !g.is_empty());
+    assert_eq!(got.len(), 1, "{}", serve.log());
+    assert_eq!(got[0].json()["key"], "c1");
+    assert!(t0.elapsed() < Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -272,7 +314,11 @@ fn a_killed_service_restarts_from_its_checkpoint_and_loses_no_alert() {
     for (id, a) in &want {
         assert_eq!(&got_by_id[id], a, "alert {id} differs after the restart");
     }
-    assert!(serve.log().contains("restored=true"), "{}", serve.log());
+    assert!(
+        serve.log().contains("restored_tasks=[0, 1]"),
+        "{}",
+        serve.log()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -505,11 +551,19 @@ fn flight_patterns_end_to_end_equal_replay_with_a_file_sink_too() {
     }
     produce(&b, "flights", &out);
     write_jsonl(&dir.join("events.jsonl"), &by_partition.concat());
-    let want = replay(
-        &repo("patterns/flights"),
-        &dir.join("events.jsonl"),
-        "10000h",
-    );
+    // The flights are partitioned by aircraft: the patterns keyed by
+    // aircraft run, one task per partition; `cancellation_cluster`, keyed
+    // by (carrier, origin), would see one key's flights in three tasks and
+    // is refused below.
+    let patterns = dir.join("patterns");
+    std::fs::create_dir_all(&patterns).unwrap();
+    for f in cep::compiler::pattern_files(&repo("patterns/flights")) {
+        let name = f.file_name().unwrap();
+        if name != "cancellation_cluster.cep" {
+            std::fs::copy(&f, patterns.join(name)).unwrap();
+        }
+    }
+    let want = replay(&patterns, &dir.join("events.jsonl"), "10000h");
     assert!(want.len() > 100, "{} alerts", want.len());
 
     let cfg = format!(
@@ -519,6 +573,7 @@ lateness = "1d"
 [serve]
 patterns = "{patterns}"
 listen = "127.0.0.1:{{HTTP}}"
+api_unauthenticated = true
 default_sinks = ["alerts", "archive"]
 checkpoint_interval = "500ms"
 [kafka]
@@ -526,6 +581,7 @@ brokers = "{b}"
 group_id = "flights-test"
 [[kafka.inputs]]
 topic = "flights"
+partitioned_by = "tailnum"
 [sinks.alerts]
 type = "kafka"
 topic = "alerts"
@@ -533,8 +589,21 @@ topic = "alerts"
 type = "file"
 path = "archive/alerts.jsonl"
 "#,
-        patterns = repo("patterns/flights").display()
+        patterns = patterns.display()
     );
+    let all = cfg.replace(
+        &patterns.display().to_string(),
+        &repo("patterns/flights").display().to_string(),
+    );
+    let mut refused = Serve::start(&dir, &all);
+    assert!(!refused.wait(Duration::from_secs(60)).success());
+    let log = refused.log();
+    assert!(
+        log.contains("pattern `cancellation_cluster` is keyed by carrier, origin")
+            && log.contains("partitioned by tailnum"),
+        "{log}"
+    );
+    drop(refused);
     let mut serve = Serve::start(&dir, &cfg);
     serve.wait_ready(Duration::from_secs(60));
     let got = consume_until(&b, "alerts", Duration::from_secs(120), |g| {
@@ -552,6 +621,21 @@ path = "archive/alerts.jsonl"
     for (id, a) in &want {
         assert_eq!(&got_by_id[id], a, "alert {id} differs");
     }
+    // Added over the API, the pattern is refused the same way, and the
+    // running set stays as it was.
+    let source =
+        std::fs::read_to_string(repo("patterns/flights/cancellation_cluster.cep")).unwrap();
+    let (status, body) = http(
+        serve.http,
+        "PUT",
+        "/patterns/cancellation_cluster",
+        &[],
+        &source,
+    )
+    .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("partitioned by tailnum"), "{body}");
+    assert!(!patterns.join("cancellation_cluster.cep").exists());
     // Rows without a tail number cannot be keyed by the tailnum patterns:
     // dead-lettered with the reason, and still seen by the carrier pattern.
     let no_tail = docs.iter().filter(|d| d.get("tailnum").is_none()).count();

@@ -371,6 +371,34 @@ pub struct InputConfig {
     /// `"field"`.
     #[serde(default)]
     pub time: TimeSource,
+    /// How producers key this topic's records, as the field path(s) whose
+    /// value is the message key (`"card.id"`, or `["carrier", "origin"]`
+    /// for a composite key). Each partition is matched by its own task, so
+    /// a pattern's key must not be spread over partitions: with several
+    /// partitions and `key = "fields"`, every pattern reading the topic
+    /// must be keyed by exactly these fields, or the service refuses to
+    /// start (and the API refuses the pattern). Not needed with
+    /// `key = "message"` or a topic of one partition.
+    pub partitioned_by: Option<FieldPaths>,
+}
+
+/// One dotted field path or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FieldPaths {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FieldPaths {
+    /// The paths, split into segments.
+    pub fn paths(&self) -> Vec<Vec<String>> {
+        let split = |p: &String| p.split('.').map(str::to_string).collect();
+        match self {
+            FieldPaths::One(p) => vec![split(p)],
+            FieldPaths::Many(ps) => ps.iter().map(split).collect(),
+        }
+    }
 }
 
 impl KafkaSection {

@@ -17,11 +17,11 @@
 //! a temporary name, synced and renamed, so a crash leaves either the old
 //! checkpoint or the new one.
 //!
-//! A checkpoint belongs to one set of partitions. When the group hands this
-//! process a different set (another instance joined or left), the state is
-//! not split: the process starts afresh from the committed offsets. Running
-//! one `cep serve` per consumer group keeps every partial match across
-//! restarts; see the README.
+//! A checkpoint belongs to one task: partition number `i` of every input
+//! topic (see [`crate::service::task`]), in its own file
+//! `checkpoint-<group>-task-<i>.json`. Whenever the group assigns a task to
+//! this process, the task resumes from its checkpoint if it has one for
+//! exactly the partitions assigned, else from the committed offsets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -52,14 +52,14 @@ pub fn partition_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
-/// The checkpoint file of one consumer group.
+/// The checkpoint file of one task of a consumer group.
 #[derive(Clone, Debug)]
 pub struct Store {
     path: PathBuf,
 }
 
 impl Store {
-    pub fn new(state_dir: &Path, group: &str) -> Store {
+    pub fn new(state_dir: &Path, group: &str, task: i32) -> Store {
         let safe: String = group
             .chars()
             .map(|c| {
@@ -71,8 +71,16 @@ impl Store {
             })
             .collect();
         Store {
-            path: state_dir.join(format!("checkpoint-{safe}.json")),
+            path: state_dir.join(format!("checkpoint-{safe}-task-{task}.json")),
         }
+    }
+
+    /// The single checkpoint file of versions before tasks: it cannot be
+    /// split by task, so it is only reported.
+    pub fn legacy(state_dir: &Path, group: &str) -> PathBuf {
+        let name = Store::new(state_dir, group, 0).path;
+        let file = name.file_name().expect("a file name").to_string_lossy();
+        state_dir.join(file.replace("-task-0.json", ".json"))
     }
 
     pub fn path(&self) -> &Path {
@@ -112,7 +120,7 @@ mod tests {
     #[test]
     fn a_saved_checkpoint_loads_back() {
         let dir = std::env::temp_dir().join(format!("cep-ckpt-{}", std::process::id()));
-        let store = Store::new(&dir, "my group");
+        let store = Store::new(&dir, "my group", 3);
         assert!(store.load().unwrap().is_none());
         let engine = crate::engine::Engine::new(vec![], Default::default()).snapshot();
         let c = Checkpoint {
@@ -124,7 +132,8 @@ mod tests {
             engine,
         };
         store.save(&serde_json::to_vec(&c).unwrap()).unwrap();
-        assert!(store.path().ends_with("checkpoint-my_group.json"));
+        assert!(store.path().ends_with("checkpoint-my_group-task-3.json"));
+        assert!(Store::legacy(&dir, "my group").ends_with("checkpoint-my_group.json"));
         let back = store.load().unwrap().unwrap();
         assert_eq!(back.offsets["t/0"], 42);
         std::fs::write(store.path(), b"{").unwrap();

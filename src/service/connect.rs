@@ -254,6 +254,34 @@ fn check_blocking(k: &KafkaSection) -> Result<(), String> {
     }
 }
 
+/// The number of partitions of each input topic (topics that do not exist
+/// yet are left out: they are created with one partition by the broker's
+/// defaults or by their producer).
+pub async fn partition_counts(
+    k: &KafkaSection,
+) -> Result<std::collections::BTreeMap<String, i32>, String> {
+    let k = k.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseProducer = client_config(&k)?
+            .create()
+            .map_err(|e| format!("kafka: {e}"))?;
+        let mut counts = std::collections::BTreeMap::new();
+        for input in &k.inputs {
+            let md = client
+                .client()
+                .fetch_metadata(Some(&input.topic), k.connect_timeout.0)
+                .map_err(|e| format!("kafka: metadata of topic {}: {e}", input.topic))?;
+            let n = md.topics().first().map_or(0, |t| t.partitions().len());
+            if n > 0 {
+                counts.insert(input.topic.clone(), n as i32);
+            }
+        }
+        Ok(counts)
+    })
+    .await
+    .map_err(|e| format!("kafka: metadata: {e}"))?
+}
+
 /// [`check_blocking`] on a blocking thread.
 pub async fn check(k: &KafkaSection) -> Result<(), String> {
     let k = k.clone();

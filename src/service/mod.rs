@@ -155,8 +155,9 @@ pub async fn serve_with(
         (_, true) => api::Access::Open,
         _ => api::Access::Closed,
     };
+    let registry = Arc::new(registry);
     let api_state = api::ApiState {
-        registry: Arc::new(registry),
+        registry: registry.clone(),
         metrics: probes.metrics.clone(),
         access,
     };
@@ -177,7 +178,7 @@ pub async fn serve_with(
         r = connect::check(&kafka) => match r {
             Ok(()) => {
                 tracing::info!(brokers = %kafka.brokers, protocol = kafka.protocol.as_librdkafka(), "connected to kafka");
-                match connect_parts(&config, kafka, automata, commands, engine, probes).await {
+                match connect_parts(&config, &registry, kafka, automata, commands, engine, probes).await {
                     Ok((pipeline, consumer)) => pipeline.run(consumer, shutdown).await,
                     Err(e) => Err(e),
                 }
@@ -195,6 +196,7 @@ pub async fn serve_with(
 /// pipeline.
 async fn connect_parts(
     config: &Config,
+    registry: &registry::Registry,
     kafka: crate::config::KafkaSection,
     automata: Vec<Automaton>,
     commands: tokio::sync::mpsc::Receiver<pipeline::Command>,
@@ -202,6 +204,15 @@ async fn connect_parts(
     probes: Probes,
 ) -> Result<(Pipeline, source::Source), String> {
     let serve = &config.serve;
+    // Each partition number is a task of its own: refuse patterns whose
+    // keys the inputs' partitioning would spread over tasks, now and in
+    // every later change over the API.
+    let counts = connect::partition_counts(&kafka).await?;
+    task::check_partitioning(&kafka.inputs, &automata, &counts)?;
+    let inputs = kafka.inputs.clone();
+    registry.set_check(Box::new(move |set: &[Automaton]| {
+        task::check_partitioning(&inputs, set, &counts)
+    }));
     if kafka.create_topics {
         for topic in output_topics(config) {
             produce::create_topic_with(&kafka, &topic, kafka.output_partitions).await?;
@@ -240,10 +251,7 @@ async fn connect_parts(
         .collect();
     let default_route = route(&serve.default_sinks);
 
-    let store = checkpoint::Store::new(&serve.state_dir, &kafka.group_id);
-    // Fail early on a checkpoint that cannot be read.
-    store.load()?;
-    let consumer = source::consumer(&kafka, store.clone(), metrics.clone())?;
+    let consumer = source::consumer(&kafka, &serve.state_dir, metrics.clone())?;
     let pipeline = Pipeline::new(Parts {
         automata,
         commands,
@@ -257,7 +265,7 @@ async fn connect_parts(
         ledger,
         metrics,
         health,
-        store,
+        state_dir: serve.state_dir.clone(),
         checkpoint_interval: serve.checkpoint_interval.0,
         shutdown_timeout: serve.shutdown_timeout.0,
     });

@@ -12,7 +12,7 @@
 //! partition; once the ledger says everything before the snapshot is
 //! acknowledged, the checkpoint is written and its offsets committed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,7 +57,8 @@ pub struct Parts {
     pub ledger: Ledger,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub store: Store,
+    /// Where task checkpoints are written.
+    pub state_dir: std::path::PathBuf,
     pub checkpoint_interval: Duration,
     pub shutdown_timeout: Duration,
     pub fallback_dead_letter: std::path::PathBuf,
@@ -73,14 +74,22 @@ pub enum Command {
     },
 }
 
-pub struct Pipeline {
-    p: Parts,
-    /// The matching of every assigned partition.
+/// A task and the writing of its checkpoints.
+struct Slot {
     task: Task,
+    store: Store,
     /// Snapshot waiting for its outputs: (ledger high mark, checkpoint).
     pending: Option<(u64, Checkpoint)>,
     /// The checkpoint being written, if any (one at a time, in order).
     writing: Option<JoinHandle<bool>>,
+}
+
+pub struct Pipeline {
+    p: Parts,
+    /// Per partition number: the task matching that partition of every
+    /// input topic (co-partitioned, as Kafka Streams does).
+    tasks: BTreeMap<i32, Slot>,
+    task_config: TaskConfig,
     last_checkpoint: Instant,
     started: Instant,
     side_slots: Arc<tokio::sync::Semaphore>,
@@ -89,19 +98,19 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(p: Parts) -> Pipeline {
-        let task = Task::new(
-            p.automata.clone(),
-            TaskConfig {
-                engine: p.engine,
-                inputs: p.kafka.inputs.clone(),
-                max_event_bytes: p.kafka.max_event_bytes,
-                idle_after: p.kafka.idle_timeout.millis() as u64,
-            },
-        );
+        let task_config = TaskConfig {
+            engine: p.engine,
+            inputs: p.kafka.inputs.clone(),
+            max_event_bytes: p.kafka.max_event_bytes,
+            idle_after: p.kafka.idle_timeout.millis() as u64,
+        };
+        let legacy = Store::legacy(&p.state_dir, &p.kafka.group_id);
+        if legacy.exists() {
+            tracing::warn!(file = %legacy.display(), "a checkpoint of a version before tasks is ignored: tasks start from the committed offsets");
+        }
         Pipeline {
-            task,
-            pending: None,
-            writing: None,
+            tasks: BTreeMap::new(),
+            task_config,
             last_checkpoint: Instant::now(),
             started: Instant::now(),
             side_slots: Arc::new(tokio::sync::Semaphore::new(10_000)),
@@ -149,7 +158,11 @@ impl Pipeline {
     fn apply(&mut self, c: Command) {
         match c {
             Command::Swap { automata, done } => {
-                let fresh = self.task.swap_patterns(automata.clone());
+                let mut fresh = BTreeSet::new();
+                for slot in self.tasks.values_mut() {
+                    fresh.extend(slot.task.swap_patterns(automata.clone()));
+                }
+                let fresh: Vec<String> = fresh.into_iter().collect();
                 self.p.automata = automata;
                 tracing::info!(fresh = ?fresh, patterns = self.p.automata.len(), "pattern set swapped");
                 let _ = done.send(fresh);
@@ -159,28 +172,44 @@ impl Pipeline {
 
     fn apply_rebalances(&mut self, consumer: &Source) -> Result<(), String> {
         for r in consumer.context().take_rebalances() {
-            // Whatever happens, the old state goes: revoked partitions keep
-            // nothing, and a new assignment starts from its checkpoint or
-            // its committed offsets.
-            self.pending = None;
+            // Whatever happens, the old tasks go: revoked partitions keep
+            // nothing, and each task of a new assignment starts from its
+            // checkpoint or its committed offsets.
+            self.tasks.clear();
             self.p.health.ready.store(false, Ordering::SeqCst);
-            let (partitions, restore) = match r {
-                Rebalance::Assigned {
-                    partitions,
-                    restore,
-                } => (partitions, restore),
-                Rebalance::Revoked => (Vec::new(), None),
+            let Rebalance::Assigned {
+                partitions,
+                mut restore,
+            } = r
+            else {
+                continue;
             };
-            if restore.is_none() && !partitions.is_empty() {
-                // An unreadable checkpoint must not be skipped silently.
-                self.p.store.load()?;
+            let mut by_task: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+            for (t, p) in partitions {
+                by_task.entry(p).or_default().push((t, p));
             }
             let now = self.now();
-            let fresh = self.task.assign(&partitions, restore.map(|c| *c), now);
-            if !fresh.is_empty() {
-                tracing::warn!(patterns = ?fresh, "patterns changed since the checkpoint start afresh");
+            for (id, parts) in by_task {
+                let store = Store::new(&self.p.state_dir, &self.p.kafka.group_id, id);
+                let checkpoint = restore.remove(&id);
+                if checkpoint.is_none() {
+                    // An unreadable checkpoint must not be skipped silently.
+                    store.load()?;
+                }
+                let mut task = Task::new(self.p.automata.clone(), self.task_config.clone());
+                let fresh = task.assign(&parts, checkpoint, now);
+                if !fresh.is_empty() {
+                    tracing::warn!(task = id, patterns = ?fresh, "patterns changed since the checkpoint start afresh");
+                }
+                let slot = Slot {
+                    task,
+                    store,
+                    pending: None,
+                    writing: None,
+                };
+                self.tasks.insert(id, slot);
             }
-            let ready = !self.task.assigned().is_empty();
+            let ready = !self.tasks.is_empty();
             self.p.health.ready.store(ready, Ordering::SeqCst);
         }
         Ok(())
@@ -196,7 +225,10 @@ impl Pipeline {
             timestamp: m.timestamp().to_millis(),
         };
         let now = self.now();
-        let fate = self.task.push(&rec, now);
+        let Some(slot) = self.tasks.get_mut(&rec.partition) else {
+            return;
+        };
+        let fate = slot.task.push(&rec, now);
         if !fate.dead.is_empty() {
             self.dead_letter(m, fate.dead).await;
         }
@@ -216,11 +248,17 @@ impl Pipeline {
                 .await;
             }
         }
-        self.dispatch().await;
+        self.dispatch(Some(rec.partition)).await;
     }
 
-    async fn dispatch(&mut self) {
-        let alerts: Vec<_> = self.task.take_alerts().collect();
+    /// Sends the alerts of one task (or of every task) to their sinks.
+    async fn dispatch(&mut self, task: Option<i32>) {
+        let mut alerts = Vec::new();
+        for (id, slot) in self.tasks.iter_mut() {
+            if task.is_none_or(|t| t == *id) {
+                alerts.extend(slot.task.take_alerts());
+            }
+        }
         for a in alerts {
             let kind = match a.kind {
                 crate::engine::AlertKind::Match => "match",
@@ -352,73 +390,56 @@ impl Pipeline {
 
     async fn on_tick(&mut self, consumer: &Arc<Source>) {
         let now = self.now();
-        self.task.tick(now);
-        self.dispatch().await;
+        for slot in self.tasks.values_mut() {
+            slot.task.tick(now);
+        }
+        self.dispatch(None).await;
         self.publish_metrics();
 
-        if self.writing.as_ref().is_some_and(|w| w.is_finished()) {
-            self.writing = None;
-        }
-        if let Some((seq, _)) = &self.pending {
-            if self.writing.is_none() && self.p.ledger.settled_through(*seq) {
-                let (_, c) = self.pending.take().expect("pending");
-                self.writing = Some(self.persist(consumer, c, false));
-            }
-        }
-        if self.pending.is_none()
-            && !self.task.assigned().is_empty()
-            && self.last_checkpoint.elapsed() >= self.p.checkpoint_interval
-        {
+        // Each task: write the snapshot whose outputs are all acknowledged,
+        // then take the next one when the interval has passed.
+        let due = self.last_checkpoint.elapsed() >= self.p.checkpoint_interval;
+        if due {
             self.last_checkpoint = Instant::now();
-            let c = self.checkpoint();
-            self.pending = Some((self.p.ledger.high(), c));
         }
-    }
-
-    fn checkpoint(&self) -> Checkpoint {
-        self.task.checkpoint(&self.p.kafka.group_id)
-    }
-
-    /// Writes the checkpoint, then commits its offsets, on a blocking
-    /// thread: serialising and fsync must not stall the records.
-    fn persist(&self, consumer: &Arc<Source>, c: Checkpoint, sync: bool) -> JoinHandle<bool> {
-        let (store, metrics, consumer) = (
-            self.p.store.clone(),
-            self.p.metrics.clone(),
-            consumer.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            let bytes = serde_json::to_vec(&c).expect("a checkpoint serialises");
-            if let Err(e) = store.save(&bytes) {
-                tracing::error!(error = %e, path = %store.path().display(), "checkpoint not written");
-                return false;
+        let (ledger, group) = (self.p.ledger.clone(), self.p.kafka.group_id.clone());
+        let metrics = self.p.metrics.clone();
+        for slot in self.tasks.values_mut() {
+            if slot.writing.as_ref().is_some_and(|w| w.is_finished()) {
+                slot.writing = None;
             }
-            if let Err(e) = source::commit(&consumer, &c.offsets, sync) {
-                tracing::warn!(error = %e, "offset commit failed");
-                return false;
+            if let Some((seq, _)) = &slot.pending {
+                if slot.writing.is_none() && ledger.settled_through(*seq) {
+                    let (_, c) = slot.pending.take().expect("pending");
+                    let store = slot.store.clone();
+                    slot.writing = Some(persist(store, metrics.clone(), consumer, c, false));
+                }
             }
-            metrics.inc("cep_checkpoints_total", &[]);
-            true
-        })
+            if slot.pending.is_none() && due {
+                slot.pending = Some((ledger.high(), slot.task.checkpoint(&group)));
+            }
+        }
     }
 
     fn publish_metrics(&mut self) {
-        let counts = self.task.take_counts();
         let m = &self.p.metrics;
-        for (t, n) in counts.events_in {
-            m.add("cep_events_in_total", &[("topic", &t)], n as f64);
-        }
-        for (t, n) in counts.decode_errors {
-            m.add("cep_decode_errors_total", &[("topic", &t)], n as f64);
-        }
-        for (s, n) in counts.late {
-            m.add("cep_late_events_total", &[("stream", &s)], n as f64);
+        for slot in self.tasks.values_mut() {
+            let counts = slot.task.take_counts();
+            for (t, n) in counts.events_in {
+                m.add("cep_events_in_total", &[("topic", &t)], n as f64);
+            }
+            for (t, n) in counts.decode_errors {
+                m.add("cep_decode_errors_total", &[("topic", &t)], n as f64);
+            }
+            for (s, n) in counts.late {
+                m.add("cep_late_events_total", &[("stream", &s)], n as f64);
+            }
         }
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         m.clear("cep_watermark_lag_seconds");
-        for clocks in self.task.clocks() {
+        for clocks in self.tasks.values().flat_map(|s| s.task.clocks()) {
             for (name, wm) in clocks.partition_watermarks() {
                 if let Some(w) = wm {
                     let (topic, p) = name.rsplit_once('/').unwrap_or((name, ""));
@@ -430,13 +451,30 @@ impl Pipeline {
                 }
             }
         }
-        for s in self.task.engine().stats() {
-            let l = [("pattern", s.pattern.as_str())];
-            m.set("cep_active_runs", &l, s.active_runs as f64);
-            m.set("cep_pattern_events", &l, s.matched.events as f64);
-            m.set("cep_active_keys", &l, s.active_keys as f64);
-            m.set("cep_runs_dropped_total", &l, s.matched.runs_dropped as f64);
-            m.set("cep_shadow_alerts_total", &l, s.shadow_alerts as f64);
+        // Per pattern, summed over the tasks.
+        let mut sums: BTreeMap<String, [u64; 5]> = BTreeMap::new();
+        for slot in self.tasks.values() {
+            for s in slot.task.engine().stats() {
+                let sum = sums.entry(s.pattern.clone()).or_default();
+                sum[0] += s.active_runs as u64;
+                sum[1] += s.matched.events;
+                sum[2] += s.active_keys as u64;
+                sum[3] += s.matched.runs_dropped;
+                sum[4] += s.shadow_alerts;
+            }
+        }
+        for (pattern, sum) in sums {
+            let l = [("pattern", pattern.as_str())];
+            let names = [
+                "cep_active_runs",
+                "cep_pattern_events",
+                "cep_active_keys",
+                "cep_runs_dropped_total",
+                "cep_shadow_alerts_total",
+            ];
+            for (name, v) in names.iter().zip(sum) {
+                m.set(name, &l, v as f64);
+            }
         }
         m.set(
             "cep_outputs_outstanding",
@@ -451,19 +489,28 @@ impl Pipeline {
     async fn shutdown(mut self, consumer: Arc<Source>) -> Result<(), String> {
         self.p.health.ready.store(false, Ordering::SeqCst);
         let deadline = self.p.shutdown_timeout;
-        let c = (!self.task.assigned().is_empty()).then(|| self.checkpoint());
+        let group = self.p.kafka.group_id.clone();
+        let finals: Vec<Checkpoint> = self
+            .tasks
+            .values()
+            .map(|s| s.task.checkpoint(&group))
+            .collect();
         let high = self.p.ledger.high();
         let flushed = tokio::time::timeout(deadline, self.p.ledger.wait_through(high))
             .await
             .is_ok();
         let mut result = Ok(());
         if flushed {
-            if let Some(c) = c {
-                if let Some(w) = self.writing.take() {
+            for (slot, c) in self.tasks.values_mut().zip(finals) {
+                if let Some(w) = slot.writing.take() {
                     let _ = w.await;
                 }
-                if !self.persist(&consumer, c, true).await.unwrap_or(false) {
-                    result = Err("the final checkpoint failed".to_string());
+                let (store, metrics) = (slot.store.clone(), self.p.metrics.clone());
+                if !persist(store, metrics, &consumer, c, true)
+                    .await
+                    .unwrap_or(false)
+                {
+                    result = Err("a final checkpoint failed".to_string());
                 }
             }
         } else {
@@ -484,6 +531,31 @@ impl Pipeline {
         self.publish_metrics();
         result
     }
+}
+
+/// Writes a task's checkpoint, then commits its offsets, on a blocking
+/// thread: serialising and fsync must not stall the records.
+fn persist(
+    store: Store,
+    metrics: Arc<Metrics>,
+    consumer: &Arc<Source>,
+    c: Checkpoint,
+    sync: bool,
+) -> JoinHandle<bool> {
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || {
+        let bytes = serde_json::to_vec(&c).expect("a checkpoint serialises");
+        if let Err(e) = store.save(&bytes) {
+            tracing::error!(error = %e, path = %store.path().display(), "checkpoint not written");
+            return false;
+        }
+        if let Err(e) = source::commit(&consumer, &c.offsets, sync) {
+            tracing::warn!(error = %e, "offset commit failed");
+            return false;
+        }
+        metrics.inc("cep_checkpoints_total", &[]);
+        true
+    })
 }
 
 /// Last resort for a record Kafka refused for good: a local file, so that

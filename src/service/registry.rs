@@ -77,7 +77,13 @@ pub struct Registry {
     dir: PathBuf,
     inner: Mutex<BTreeMap<String, Entry>>,
     commands: mpsc::Sender<Command>,
+    /// What a whole new set must also pass to run on the service's inputs
+    /// (set once the inputs are known).
+    check: std::sync::OnceLock<SetCheck>,
 }
+
+/// A check of a whole pattern set: why it cannot run, if it cannot.
+pub type SetCheck = Box<dyn Fn(&[Automaton]) -> Result<(), String> + Send + Sync>;
 
 /// Longest pattern name the API accepts, in bytes (with `.cep` it stays
 /// far below every file system's 255-byte limit).
@@ -177,6 +183,7 @@ impl Registry {
             dir: dir.to_path_buf(),
             inner: Mutex::new(entries),
             commands,
+            check: std::sync::OnceLock::new(),
         };
         (r, running)
     }
@@ -390,8 +397,16 @@ impl Registry {
         Ok(version)
     }
 
+    /// Makes every later change pass `check` too.
+    pub fn set_check(&self, check: SetCheck) {
+        let _ = self.check.set(check);
+    }
+
     async fn swap(&self, next: &BTreeMap<String, Entry>) -> Result<(), Refusal> {
-        let automata = next.values().map(|e| e.automaton.clone()).collect();
+        let automata: Vec<Automaton> = next.values().map(|e| e.automaton.clone()).collect();
+        if let Some(check) = self.check.get() {
+            check(&automata).map_err(Refusal::Conflict)?;
+        }
         let (done, reply) = oneshot::channel();
         self.commands
             .send(Command::Swap { automata, done })

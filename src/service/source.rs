@@ -2,14 +2,15 @@
 //! the group moves partitions.
 //!
 //! Offsets are never committed automatically: the pipeline commits the
-//! offsets of a checkpoint once its outputs are acknowledged. On an
-//! assignment the consumer context looks at the last checkpoint: if it
-//! belongs to exactly the assigned partitions, each partition starts at the
-//! checkpoint's offset and the pipeline restores the engine from it;
-//! otherwise every partition starts at its committed offset (the earliest
-//! for a new group) with a fresh engine. On a revocation the pipeline drops
-//! all engine state: nothing of a revoked partition lingers, and outputs
-//! still in flight keep their ids when they are produced again.
+//! offsets of a task's checkpoint once its outputs are acknowledged. On an
+//! assignment the consumer context groups the partitions by number into
+//! tasks and looks at each task's last checkpoint: if it belongs to exactly
+//! the task's assigned partitions, they start at the checkpoint's offsets
+//! and the pipeline restores the task from it; otherwise they start at
+//! their committed offsets (the earliest for a new group) with a fresh
+//! task. On a revocation the pipeline drops every task: nothing of a
+//! revoked partition lingers, and outputs still in flight keep their ids
+//! when they are produced again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -32,14 +33,16 @@ use crate::service::metrics::Metrics;
 pub enum Rebalance {
     Assigned {
         partitions: Vec<(String, i32)>,
-        /// The checkpoint the partitions were positioned at, if any.
-        restore: Option<Box<Checkpoint>>,
+        /// Per task (partition number): the checkpoint its partitions were
+        /// positioned at, if any.
+        restore: BTreeMap<i32, Checkpoint>,
     },
     Revoked,
 }
 
 pub struct Context {
-    store: Store,
+    state_dir: std::path::PathBuf,
+    group: String,
     metrics: Arc<Metrics>,
     events: Mutex<Vec<Rebalance>>,
 }
@@ -58,31 +61,32 @@ impl Context {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        let names: BTreeSet<String> = partitions
-            .iter()
-            .map(|(t, p)| partition_name(t, *p))
-            .collect();
-        let restore = match self.store.load() {
-            Ok(Some(c)) if c.partitions == names => Some(Box::new(c)),
-            Ok(Some(_)) => {
-                tracing::warn!(
-                    "the checkpoint covers other partitions than assigned: starting afresh from committed offsets"
-                );
-                None
-            }
-            Ok(None) => None,
-            Err(e) => {
+        let mut tasks: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+        for (t, p) in &partitions {
+            tasks.entry(*p).or_default().insert(partition_name(t, *p));
+        }
+        let mut restore = BTreeMap::new();
+        for (task, names) in tasks {
+            match Store::new(&self.state_dir, &self.group, task).load() {
+                Ok(Some(c)) if c.partitions == names => {
+                    restore.insert(task, c);
+                }
+                Ok(Some(_)) => tracing::warn!(
+                    task,
+                    "the task's checkpoint covers other partitions than assigned: starting it from committed offsets"
+                ),
+                Ok(None) => {}
                 // Not fatal here (a callback cannot fail), but loud: the
                 // pipeline refuses to run on (see `Pipeline::apply`).
-                tracing::error!(error = %e, "cannot read the checkpoint");
-                None
+                Err(e) => tracing::error!(task, error = %e, "cannot read the checkpoint"),
             }
-        };
-        if let Some(c) = &restore {
-            for (t, p) in &partitions {
-                if let Some(&off) = c.offsets.get(&partition_name(t, *p)) {
-                    let _ = tpl.set_partition_offset(t, *p, Offset::Offset(off));
-                }
+        }
+        for (t, p) in &partitions {
+            let at = restore
+                .get(p)
+                .and_then(|c| c.offsets.get(&partition_name(t, *p)));
+            if let Some(&off) = at {
+                let _ = tpl.set_partition_offset(t, *p, Offset::Offset(off));
             }
         }
         if let Err(e) = consumer.assign(tpl) {
@@ -91,7 +95,7 @@ impl Context {
         self.metrics.inc("cep_rebalances_total", &[]);
         tracing::info!(
             ?partitions,
-            restored = restore.is_some(),
+            restored_tasks = ?restore.keys().collect::<Vec<_>>(),
             "partitions assigned"
         );
         self.events
@@ -168,8 +172,13 @@ impl ConsumerContext for Context {
     }
 }
 
-/// Creates the consumer and subscribes to every input topic.
-pub fn consumer(k: &KafkaSection, store: Store, metrics: Arc<Metrics>) -> Result<Source, String> {
+/// Creates the consumer and subscribes to every input topic; task
+/// checkpoints are read from `state_dir`.
+pub fn consumer(
+    k: &KafkaSection,
+    state_dir: &std::path::Path,
+    metrics: Arc<Metrics>,
+) -> Result<Source, String> {
     let mut c = crate::service::connect::client_config(k)?;
     c.set("group.id", &k.group_id)
         .set("group.instance.id", k.instance_id())
@@ -184,7 +193,8 @@ pub fn consumer(k: &KafkaSection, store: Store, metrics: Arc<Metrics>) -> Result
         c.set(key, v);
     }
     let ctx = Context {
-        store,
+        state_dir: state_dir.to_path_buf(),
+        group: k.group_id.clone(),
         metrics,
         events: Mutex::new(Vec::new()),
     };

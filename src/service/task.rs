@@ -369,6 +369,49 @@ impl Task {
     }
 }
 
+/// Refuses a pattern set in which a pattern's key could be spread over
+/// several partitions, hence several tasks (each partition number is
+/// matched on its own). `partitions`: each input topic's partition count.
+pub fn check_partitioning(
+    inputs: &[InputConfig],
+    automata: &[Automaton],
+    partitions: &BTreeMap<String, i32>,
+) -> Result<(), String> {
+    let show = |paths: &[Vec<String>]| {
+        paths
+            .iter()
+            .map(|p| p.join("."))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (n, input) in inputs.iter().enumerate() {
+        let count = partitions.get(&input.topic).copied().unwrap_or(1);
+        if input.key == KeySource::Message || count <= 1 {
+            continue;
+        }
+        let declared = input.partitioned_by.as_ref().map(|p| p.paths());
+        for a in automata.iter().filter(|a| a.stream == input.stream()) {
+            if declared.as_ref() == Some(&a.key_paths) {
+                continue;
+            }
+            let (topic, keys) = (&input.topic, show(&a.key_paths));
+            return Err(match &declared {
+                None => format!(
+                    "pattern `{}` is keyed by {keys}, but topic `{topic}` has {count} partitions and kafka.inputs[{n}].partitioned_by is not set: each partition is matched on its own, so all of a key's events must be in one partition. If producers key `{topic}` by {keys}, set kafka.inputs[{n}].partitioned_by; otherwise read it with key = \"message\", or from a topic of one partition",
+                    a.name
+                ),
+                Some(d) => format!(
+                    "pattern `{}` is keyed by {keys}, but topic `{topic}` ({count} partitions) is partitioned by {} (kafka.inputs[{n}].partitioned_by): one key's events would be matched in different partitions. Key the pattern by {} too, or read a topic partitioned by {keys}",
+                    a.name,
+                    show(d),
+                    show(d)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Adds one to `counts[name]` without allocating a key each time.
 fn bump(counts: &mut HashMap<String, u64>, name: &str) {
     match counts.get_mut(name) {
@@ -496,6 +539,45 @@ end
         assert_eq!(counts.events_in["cards"], 6);
         assert_eq!(counts.decode_errors["cards"], 4);
         assert_eq!(counts.late["cards"], 1);
+    }
+
+    #[test]
+    fn patterns_keyed_otherwise_than_their_topic_is_partitioned_are_refused() {
+        let inputs = |extra: &str| -> Vec<InputConfig> {
+            toml::from_str::<toml::Table>(&format!("[[i]]\ntopic = \"cards\"\n{extra}")).unwrap()
+                ["i"]
+                .clone()
+                .try_into()
+                .unwrap()
+        };
+        let by_card = compile_source("t.cep", PATTERN).unwrap();
+        let by_country = compile_source(
+            "c.cep",
+            &PATTERN
+                .replace("small_then_large", "by_country")
+                .replace("key card.id", "key merchant.country"),
+        )
+        .unwrap();
+        let three: BTreeMap<String, i32> = [("cards".to_string(), 3)].into();
+        let one: BTreeMap<String, i32> = [("cards".to_string(), 1)].into();
+        let declared = inputs("partitioned_by = \"card.id\"");
+        assert!(check_partitioning(&declared, &by_card, &three).is_ok());
+        let e = check_partitioning(&declared, &by_country, &three).unwrap_err();
+        assert!(
+            e.contains("pattern `by_country` is keyed by merchant.country")
+                && e.contains("partitioned by card.id"),
+            "{e}"
+        );
+        let e = check_partitioning(&inputs(""), &by_card, &three).unwrap_err();
+        assert!(
+            e.contains("kafka.inputs[0].partitioned_by is not set"),
+            "{e}"
+        );
+        // One partition, or keys from the message: nothing can be split.
+        assert!(check_partitioning(&inputs(""), &by_country, &one).is_ok());
+        assert!(check_partitioning(&inputs("key = \"message\""), &by_country, &three).is_ok());
+        let composite = inputs("partitioned_by = [\"merchant.country\"]");
+        assert!(check_partitioning(&composite, &by_country, &three).is_ok());
     }
 
     #[test]
