@@ -748,3 +748,95 @@ topic = "alerts"
     assert_eq!(serve.metric("cep_decode_errors_total", ""), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// State kept in Kafka: an instance on an empty state directory that takes
+/// over the tasks continues the partial matches the first instance started.
+#[test]
+fn a_task_resumes_on_another_instance_from_the_state_topic() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 2);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("takeover");
+    let ev = |card: usize, ts: i64, amount: f64| {
+        serde_json::to_vec(&serde_json::json!({
+            "card": {"id": format!("c{card}")}, "ts": ts, "amount": amount
+        }))
+        .unwrap()
+    };
+    // Each card: a small charge read by the first instance, the large one
+    // (within 5 minutes) only by the second.
+    let firsts: Vec<(i32, Vec<u8>)> = (0..10)
+        .map(|c| ((c % 2) as i32, ev(c, 1_000 + c as i64 * 10, 5.0)))
+        .collect();
+    let mut seconds: Vec<(i32, Vec<u8>)> = (0..10)
+        .map(|c| ((c % 2) as i32, ev(c, 61_000 + c as i64 * 10, 900.0)))
+        .collect();
+    for p in 0..2 {
+        seconds.push((p, ev(100 + p as usize, 90_000_000, 50.0)));
+    }
+    let send = |records: &[(i32, Vec<u8>)]| {
+        let out: Vec<Out> = records
+            .iter()
+            .map(|(p, v)| Out {
+                partition: Some(*p),
+                key: None,
+                value: v,
+            })
+            .collect();
+        produce(&b, "cards", &out);
+    };
+    send(&firsts);
+    let patterns = repo("patterns/fraud");
+    let cfg = |who: &str| {
+        config(&b, &patterns, &format!("instance_id = \"{who}\""), "0s").replace(
+            "state_dir = \"state\"",
+            &format!("state_dir = \"state-{who}\""),
+        )
+    };
+    let mut first = Serve::start(&dir, &cfg("a"));
+    first.wait_ready(Duration::from_secs(60));
+    let t0 = Instant::now();
+    while first.metric("cep_events_in_total", "") < firsts.len() as f64
+        || first.metric("cep_checkpoints_total", "") < 4.0
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", first.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.signal("-TERM");
+    assert!(
+        first.wait(Duration::from_secs(30)).success(),
+        "{}",
+        first.log()
+    );
+    drop(first);
+
+    send(&seconds);
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for p in 0..2 {
+        for (q, v) in firsts.iter().chain(&seconds) {
+            if *q == p {
+                all.push(v.clone());
+            }
+        }
+    }
+    write_jsonl(&dir.join("events.jsonl"), &all);
+    // Partition after partition: a lateness that buffers everything.
+    let want = replay(&patterns, &dir.join("events.jsonl"), "10000h");
+    assert!(want.len() >= 10, "{} alerts", want.len());
+
+    assert!(!dir.join("state-b").exists());
+    let mut second = Serve::start(&dir, &cfg("b"));
+    second.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(60), |g| {
+        g.len() >= want.len()
+    });
+    let got_by_id = alerts_by_id(&got);
+    assert_eq!(ids(&got_by_id), ids(&want), "\n{}", second.log());
+    assert!(
+        second.log().contains("restored_tasks=[0, 1]"),
+        "{}",
+        second.log()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

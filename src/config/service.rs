@@ -120,6 +120,11 @@ pub struct KafkaSection {
     /// Topic for late events. Default `"cep-late"`.
     #[serde(default = "default_late_topic")]
     pub late_topic: String,
+    /// Compacted topic holding each task's checkpoint (partition `i` for
+    /// task `i`), so that a task resumes where it left off on whichever
+    /// instance is assigned it. Created at start (compacted, one partition
+    /// per task) when missing. Default `"cep-state-<group_id>"`.
+    pub state_topic: Option<String>,
     /// Create the topics the service writes to (alert sinks, dead-letter
     /// and late topics) at start when they do not exist, with
     /// `output_partitions` partitions. Default true.

@@ -18,7 +18,8 @@
 //! checkpoint or the new one.
 //!
 //! A checkpoint belongs to one task: partition number `i` of every input
-//! topic (see [`crate::service::task`]), in its own file
+//! topic (see [`crate::service::task`]). It is kept in the group's state
+//! topic ([`crate::service::state`]) and cached in a file of its own,
 //! `checkpoint-<group>-task-<i>.json`. Whenever the group assigns a task to
 //! this process, the task resumes from its checkpoint if it has one for
 //! exactly the partitions assigned, else from the committed offsets.
@@ -35,6 +36,10 @@ use crate::time::partitions::PartitionClocks;
 pub struct Checkpoint {
     /// Format version of this file.
     pub format: u32,
+    /// The task's checkpoint number, counting across owners (see
+    /// [`crate::service::state`]).
+    #[serde(default)]
+    pub seq: u64,
     pub group: String,
     /// The assigned partitions (`topic/partition`) the state belongs to.
     pub partitions: BTreeSet<String>,
@@ -125,6 +130,7 @@ mod tests {
         let engine = crate::engine::Engine::new(vec![], Default::default()).snapshot();
         let c = Checkpoint {
             format: FORMAT,
+            seq: 1,
             group: "my group".into(),
             partitions: [partition_name("t", 0)].into(),
             offsets: [(partition_name("t", 0), 42)].into(),

@@ -260,20 +260,29 @@ fn check_blocking(k: &KafkaSection) -> Result<(), String> {
 pub async fn partition_counts(
     k: &KafkaSection,
 ) -> Result<std::collections::BTreeMap<String, i32>, String> {
-    let k = k.clone();
+    let topics: Vec<String> = k.inputs.iter().map(|i| i.topic.clone()).collect();
+    partition_counts_of(k, &topics).await
+}
+
+/// The number of partitions of each of `topics` that exists.
+pub async fn partition_counts_of(
+    k: &KafkaSection,
+    topics: &[String],
+) -> Result<std::collections::BTreeMap<String, i32>, String> {
+    let (k, topics) = (k.clone(), topics.to_vec());
     tokio::task::spawn_blocking(move || {
         let client: BaseProducer = client_config(&k)?
             .create()
             .map_err(|e| format!("kafka: {e}"))?;
         let mut counts = std::collections::BTreeMap::new();
-        for input in &k.inputs {
+        for topic in topics {
             let md = client
                 .client()
-                .fetch_metadata(Some(&input.topic), k.connect_timeout.0)
-                .map_err(|e| format!("kafka: metadata of topic {}: {e}", input.topic))?;
+                .fetch_metadata(Some(&topic), k.connect_timeout.0)
+                .map_err(|e| format!("kafka: metadata of topic {topic}: {e}"))?;
             let n = md.topics().first().map_or(0, |t| t.partitions().len());
             if n > 0 {
-                counts.insert(input.topic.clone(), n as i32);
+                counts.insert(topic, n as i32);
             }
         }
         Ok(counts)

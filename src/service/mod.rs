@@ -29,6 +29,7 @@ pub mod produce;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod task;
 
 use std::collections::HashMap;
@@ -209,6 +210,8 @@ async fn connect_parts(
     // every later change over the API.
     let counts = connect::partition_counts(&kafka).await?;
     task::check_partitioning(&kafka.inputs, &automata, &counts)?;
+    let tasks = counts.values().copied().max().unwrap_or(1).max(1);
+    let state_topic = state::ensure(&kafka, tasks).await?;
     let inputs = kafka.inputs.clone();
     registry.set_check(Box::new(move |set: &[Automaton]| {
         task::check_partitioning(&inputs, set, &counts)
@@ -252,6 +255,7 @@ async fn connect_parts(
     let default_route = route(&serve.default_sinks);
 
     let consumer = source::consumer(&kafka, &serve.state_dir, metrics.clone())?;
+    let state = state::StateTopic::new(state_topic, producer.clone(), metrics.sink("state"));
     let pipeline = Pipeline::new(Parts {
         automata,
         commands,
@@ -266,6 +270,7 @@ async fn connect_parts(
         metrics,
         health,
         state_dir: serve.state_dir.clone(),
+        state,
         checkpoint_interval: serve.checkpoint_interval.0,
         shutdown_timeout: serve.shutdown_timeout.0,
     });

@@ -34,6 +34,7 @@ use crate::service::metrics::{Counter, Metrics};
 use crate::service::sink::kafka::{Outgoing, Producer};
 use crate::service::sink::{AlertOut, Delivery, Sink};
 use crate::service::source::{self, Rebalance, Source};
+use crate::service::state::StateTopic;
 use crate::service::task::{Incoming, Task, TaskConfig};
 
 /// Shared with the HTTP endpoints.
@@ -57,8 +58,10 @@ pub struct Parts {
     pub ledger: Ledger,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    /// Where task checkpoints are written.
+    /// Where task checkpoints are cached on disk.
     pub state_dir: std::path::PathBuf,
+    /// Where task checkpoints are kept (see [`crate::service::state`]).
+    pub state: StateTopic,
     pub checkpoint_interval: Duration,
     pub shutdown_timeout: Duration,
     pub fallback_dead_letter: std::path::PathBuf,
@@ -77,7 +80,10 @@ pub enum Command {
 /// A task and the writing of its checkpoints.
 struct Slot {
     task: Task,
+    /// The local cache of the task's checkpoint.
     store: Store,
+    /// The number of the task's last checkpoint.
+    seq: u64,
     /// Snapshot waiting for its outputs: (ledger high mark, checkpoint).
     pending: Option<(u64, Checkpoint)>,
     /// The checkpoint being written, if any (one at a time, in order).
@@ -180,10 +186,14 @@ impl Pipeline {
             let Rebalance::Assigned {
                 partitions,
                 mut restore,
+                errors,
             } = r
             else {
                 continue;
             };
+            if let Some(e) = errors.first() {
+                return Err(format!("cannot resume a task: {e}"));
+            }
             let mut by_task: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
             for (t, p) in partitions {
                 by_task.entry(p).or_default().push((t, p));
@@ -192,10 +202,7 @@ impl Pipeline {
             for (id, parts) in by_task {
                 let store = Store::new(&self.p.state_dir, &self.p.kafka.group_id, id);
                 let checkpoint = restore.remove(&id);
-                if checkpoint.is_none() {
-                    // An unreadable checkpoint must not be skipped silently.
-                    store.load()?;
-                }
+                let seq = checkpoint.as_ref().map_or(0, |c| c.seq);
                 let mut task = Task::new(self.p.automata.clone(), self.task_config.clone());
                 let fresh = task.assign(&parts, checkpoint, now);
                 if !fresh.is_empty() {
@@ -204,6 +211,7 @@ impl Pipeline {
                 let slot = Slot {
                     task,
                     store,
+                    seq,
                     pending: None,
                     writing: None,
                 };
@@ -353,6 +361,7 @@ impl Pipeline {
         }
         let msg = Outgoing {
             topic,
+            partition: None,
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
             headers,
@@ -403,21 +412,31 @@ impl Pipeline {
             self.last_checkpoint = Instant::now();
         }
         let (ledger, group) = (self.p.ledger.clone(), self.p.kafka.group_id.clone());
-        let metrics = self.p.metrics.clone();
-        for slot in self.tasks.values_mut() {
+        let sink = self.sink();
+        for (id, slot) in self.tasks.iter_mut() {
             if slot.writing.as_ref().is_some_and(|w| w.is_finished()) {
                 slot.writing = None;
             }
-            if let Some((seq, _)) = &slot.pending {
-                if slot.writing.is_none() && ledger.settled_through(*seq) {
+            if let Some((mark, _)) = &slot.pending {
+                if slot.writing.is_none() && ledger.settled_through(*mark) {
                     let (_, c) = slot.pending.take().expect("pending");
-                    let store = slot.store.clone();
-                    slot.writing = Some(persist(store, metrics.clone(), consumer, c, false));
+                    let to = (*id, slot.store.clone());
+                    slot.writing = Some(persist(sink.clone(), to, consumer, c, false));
                 }
             }
             if slot.pending.is_none() && due {
-                slot.pending = Some((ledger.high(), slot.task.checkpoint(&group)));
+                slot.seq += 1;
+                let mut c = slot.task.checkpoint(&group);
+                c.seq = slot.seq;
+                slot.pending = Some((ledger.high(), c));
             }
+        }
+    }
+
+    fn sink(&self) -> CheckpointSink {
+        CheckpointSink {
+            state: self.p.state.clone(),
+            metrics: self.p.metrics.clone(),
         }
     }
 
@@ -492,8 +511,13 @@ impl Pipeline {
         let group = self.p.kafka.group_id.clone();
         let finals: Vec<Checkpoint> = self
             .tasks
-            .values()
-            .map(|s| s.task.checkpoint(&group))
+            .values_mut()
+            .map(|s| {
+                s.seq += 1;
+                let mut c = s.task.checkpoint(&group);
+                c.seq = s.seq;
+                c
+            })
             .collect();
         let high = self.p.ledger.high();
         let flushed = tokio::time::timeout(deadline, self.p.ledger.wait_through(high))
@@ -501,12 +525,13 @@ impl Pipeline {
             .is_ok();
         let mut result = Ok(());
         if flushed {
-            for (slot, c) in self.tasks.values_mut().zip(finals) {
+            let sink = self.sink();
+            for ((id, slot), c) in self.tasks.iter_mut().zip(finals) {
                 if let Some(w) = slot.writing.take() {
                     let _ = w.await;
                 }
-                let (store, metrics) = (slot.store.clone(), self.p.metrics.clone());
-                if !persist(store, metrics, &consumer, c, true)
+                let to = (*id, slot.store.clone());
+                if !persist(sink.clone(), to, &consumer, c, true)
                     .await
                     .unwrap_or(false)
                 {
@@ -533,27 +558,49 @@ impl Pipeline {
     }
 }
 
-/// Writes a task's checkpoint, then commits its offsets, on a blocking
-/// thread: serialising and fsync must not stall the records.
-fn persist(
-    store: Store,
+/// Where checkpoints go: the state topic, the metrics that count them.
+#[derive(Clone)]
+struct CheckpointSink {
+    state: StateTopic,
     metrics: Arc<Metrics>,
+}
+
+/// Writes task `to.0`'s checkpoint to the state topic, then to its local
+/// cache, then commits its offsets: off the pipeline's thread (serialising
+/// and fsync must not stall the records). `false` when any step failed:
+/// the offsets then stay where they were.
+fn persist(
+    sink: CheckpointSink,
+    to: (i32, Store),
     consumer: &Arc<Source>,
     c: Checkpoint,
     sync: bool,
 ) -> JoinHandle<bool> {
     let consumer = consumer.clone();
-    tokio::task::spawn_blocking(move || {
-        let bytes = serde_json::to_vec(&c).expect("a checkpoint serialises");
-        if let Err(e) = store.save(&bytes) {
-            tracing::error!(error = %e, path = %store.path().display(), "checkpoint not written");
+    let (task, store) = to;
+    tokio::spawn(async move {
+        let c = Arc::new(c);
+        let c2 = c.clone();
+        let bytes = match tokio::task::spawn_blocking(move || serde_json::to_vec(&*c2)).await {
+            Ok(Ok(b)) => Arc::new(b),
+            _ => return false,
+        };
+        if let Err(e) = sink.state.save(task, c.seq, &bytes).await {
+            tracing::error!(task, error = %e, "checkpoint not written to the state topic");
             return false;
         }
-        if let Err(e) = source::commit(&consumer, &c.offsets, sync) {
+        let (b, s) = (bytes.clone(), store.clone());
+        if let Err(e) = durable::blocking(move || s.save(&b)).await {
+            // Only the cache: the state topic has it.
+            tracing::warn!(error = %e, path = %store.path().display(), "checkpoint cache not written");
+        }
+        let offsets = c.offsets.clone();
+        let commit = tokio::task::spawn_blocking(move || source::commit(&consumer, &offsets, sync));
+        if let Ok(Err(e)) | Err(e) = commit.await.map_err(|e| e.to_string()) {
             tracing::warn!(error = %e, "offset commit failed");
             return false;
         }
-        metrics.inc("cep_checkpoints_total", &[]);
+        sink.metrics.inc("cep_checkpoints_total", &[]);
         true
     })
 }

@@ -42,10 +42,23 @@ pub async fn create_topic_with(
     topic: &str,
     partitions: i32,
 ) -> Result<(), String> {
+    create_topic_configured(k, topic, partitions, &[]).await
+}
+
+/// [`create_topic_with`], with topic settings (e.g. `cleanup.policy`).
+pub async fn create_topic_configured(
+    k: &KafkaSection,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = client_config(k)?
         .create()
         .map_err(|e| format!("kafka admin: {e}"))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in settings {
+        new = new.set(key, value);
+    }
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics([&new], &opts)

@@ -26,6 +26,7 @@ use rdkafka::types::RDKafkaRespErr;
 use crate::config::KafkaSection;
 use crate::service::checkpoint::{partition_name, Checkpoint, Store};
 use crate::service::metrics::Metrics;
+use crate::service::state;
 
 /// A change of assignment, for the pipeline to act on before its next
 /// record.
@@ -36,13 +37,15 @@ pub enum Rebalance {
         /// Per task (partition number): the checkpoint its partitions were
         /// positioned at, if any.
         restore: BTreeMap<i32, Checkpoint>,
+        /// Checkpoints that could not be read.
+        errors: Vec<String>,
     },
     Revoked,
 }
 
 pub struct Context {
     state_dir: std::path::PathBuf,
-    group: String,
+    kafka: KafkaSection,
     metrics: Arc<Metrics>,
     events: Mutex<Vec<Rebalance>>,
 }
@@ -53,6 +56,18 @@ impl Context {
     /// Rebalances since the last call, oldest first.
     pub fn take_rebalances(&self) -> Vec<Rebalance> {
         std::mem::take(&mut *self.events.lock().expect("rebalance lock"))
+    }
+
+    /// A task's last checkpoint: the state topic's, or, when it has none
+    /// for the task (a group from before the state topic), the local file.
+    fn last_checkpoint(&self, task: i32) -> Result<Option<Checkpoint>, String> {
+        if let Some((seq, bytes)) = state::load(&self.kafka, task)? {
+            let mut c: Checkpoint = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("state topic, task {task}: not a checkpoint: {e}"))?;
+            c.seq = seq;
+            return Ok(Some(c));
+        }
+        Store::new(&self.state_dir, &self.kafka.group_id, task).load()
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
@@ -66,8 +81,9 @@ impl Context {
             tasks.entry(*p).or_default().insert(partition_name(t, *p));
         }
         let mut restore = BTreeMap::new();
+        let mut errors = Vec::new();
         for (task, names) in tasks {
-            match Store::new(&self.state_dir, &self.group, task).load() {
+            match self.last_checkpoint(task) {
                 Ok(Some(c)) if c.partitions == names => {
                     restore.insert(task, c);
                 }
@@ -76,9 +92,12 @@ impl Context {
                     "the task's checkpoint covers other partitions than assigned: starting it from committed offsets"
                 ),
                 Ok(None) => {}
-                // Not fatal here (a callback cannot fail), but loud: the
-                // pipeline refuses to run on (see `Pipeline::apply`).
-                Err(e) => tracing::error!(task, error = %e, "cannot read the checkpoint"),
+                // Not fatal here (a callback cannot fail), but the pipeline
+                // stops on it: starting afresh would lose partial matches.
+                Err(e) => {
+                    tracing::error!(task, error = %e, "cannot read the checkpoint");
+                    errors.push(e);
+                }
             }
         }
         for (t, p) in &partitions {
@@ -104,6 +123,7 @@ impl Context {
             .push(Rebalance::Assigned {
                 partitions,
                 restore,
+                errors,
             });
     }
 }
@@ -194,7 +214,7 @@ pub fn consumer(
     }
     let ctx = Context {
         state_dir: state_dir.to_path_buf(),
-        group: k.group_id.clone(),
+        kafka: k.clone(),
         metrics,
         events: Mutex::new(Vec::new()),
     };

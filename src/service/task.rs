@@ -351,6 +351,7 @@ impl Task {
     pub fn checkpoint(&self, group: &str) -> Checkpoint {
         Checkpoint {
             format: FORMAT,
+            seq: 0,
             group: group.to_string(),
             partitions: self.assigned.clone(),
             offsets: self.positions.clone(),

@@ -20,6 +20,8 @@ use crate::service::metrics::SinkCounters;
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub topic: String,
+    /// `None`: the partitioner picks (by key).
+    pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
@@ -81,6 +83,9 @@ impl Producer {
             .headers(headers);
         if let Some(k) = &msg.key {
             rec = rec.key(k.as_slice());
+        }
+        if let Some(p) = msg.partition {
+            rec = rec.partition(p);
         }
         self.inner.send_result(rec).map_err(|(e, _)| e)
     }

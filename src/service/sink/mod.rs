@@ -219,6 +219,7 @@ async fn run(name: String, kind: Kind, mut rx: mpsc::Receiver<Delivery>, env: Si
 pub fn alert_record(topic: &str, a: &AlertOut) -> Outgoing {
     Outgoing {
         topic: topic.to_string(),
+        partition: None,
         key: Some(a.key.as_bytes().to_vec()),
         payload: a.body.clone(),
         headers: vec![
