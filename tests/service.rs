@@ -840,3 +840,139 @@ fn a_task_resumes_on_another_instance_from_the_state_topic() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Three instances in one group on a 6-partition topic, with partial
+/// matches that span every rebalance: a second instance joins, the first is
+/// killed (SIGKILL), a third joins on an empty state directory, the second
+/// leaves (SIGTERM). The union of their alerts is exactly what one
+/// uninterrupted run raises (same ids): none lost, none spurious.
+#[test]
+fn instances_join_die_and_leave_without_losing_or_inventing_alerts() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 6);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("scale");
+    let patterns = dir.join("patterns");
+    std::fs::create_dir_all(&patterns).unwrap();
+    std::fs::copy(
+        repo("patterns/fraud/small_then_large.cep"),
+        patterns.join("small_then_large.cep"),
+    )
+    .unwrap();
+    let ev = |card: usize, ts: i64, amount: f64| {
+        serde_json::to_vec(&serde_json::json!({
+            "card": {"id": format!("c{card}")}, "ts": ts, "amount": amount
+        }))
+        .unwrap()
+    };
+    const CARDS: usize = 60;
+    // Phase 1: every card's small charge. Phases 2 and 3: ordinary charges.
+    // Phase 4: every card's large charge (within 5 minutes), then an event
+    // a day later on each partition to close every window.
+    let phase = |n: usize| -> Vec<(i32, Vec<u8>)> {
+        let mut out: Vec<(i32, Vec<u8>)> = (0..CARDS)
+            .map(|c| {
+                let (ts, amount) = match n {
+                    1 => (1_000, 5.0),
+                    2 => (20_000, 50.0),
+                    3 => (40_000, 60.0),
+                    _ => (60_000, 900.0),
+                };
+                ((c % 6) as i32, ev(c, ts + c as i64, amount))
+            })
+            .collect();
+        if n == 4 {
+            out.extend((0..6).map(|p| (p, ev(1000 + p as usize, 90_000_000, 50.0))));
+        }
+        out
+    };
+    let send = |records: &[(i32, Vec<u8>)]| {
+        let out: Vec<Out> = records
+            .iter()
+            .map(|(p, v)| Out {
+                partition: Some(*p),
+                key: None,
+                value: v,
+            })
+            .collect();
+        produce(&b, "cards", &out);
+    };
+    let cfg = |who: &str| {
+        config(&b, &patterns, &format!("instance_id = \"{who}\""), "0s").replace(
+            "state_dir = \"state\"",
+            &format!("state_dir = \"state-{who}\""),
+        )
+    };
+    let read = |serves: &[&Serve]| -> f64 {
+        serves
+            .iter()
+            .map(|s| s.metric("cep_events_in_total", ""))
+            .sum()
+    };
+    let wait_read = |serves: &[&Serve], n: usize| {
+        let t0 = Instant::now();
+        while read(serves) < n as f64 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "read {} of {n}",
+                read(serves)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Let a checkpoint cover it.
+        std::thread::sleep(Duration::from_millis(1_000));
+    };
+
+    send(&phase(1));
+    let mut a = Serve::start(&dir, &cfg("a"));
+    a.wait_ready(Duration::from_secs(60));
+    wait_read(&[&a], CARDS);
+
+    let mut b2 = Serve::start(&dir, &cfg("b"));
+    b2.wait_ready(Duration::from_secs(60));
+    send(&phase(2));
+    wait_read(&[&a, &b2], 2 * CARDS);
+
+    a.signal("-KILL");
+    let _ = a.wait(Duration::from_secs(10));
+    send(&phase(3));
+    // The survivor takes the dead one's tasks after the session timeout and
+    // reads phase 3 everywhere (and any of phase 2 the dead one had not
+    // checkpointed): at least its half of phase 2 and all of phase 3.
+    wait_read(&[&b2], CARDS / 2 + CARDS);
+
+    let mut c = Serve::start(&dir, &cfg("c"));
+    c.wait_ready(Duration::from_secs(60));
+    b2.signal("-TERM");
+    assert!(b2.wait(Duration::from_secs(30)).success(), "{}", b2.log());
+    send(&phase(4));
+
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for p in 0..6 {
+        for n in 1..=4 {
+            all.extend(
+                phase(n)
+                    .into_iter()
+                    .filter(|(q, _)| *q == p)
+                    .map(|(_, v)| v),
+            );
+        }
+    }
+    write_jsonl(&dir.join("events.jsonl"), &all);
+    let want = replay(&patterns, &dir.join("events.jsonl"), "10000h");
+    assert_eq!(want.len(), CARDS, "one match per card");
+    let got = consume_until(&b, "alerts", Duration::from_secs(120), |g| {
+        alerts_by_id(g).len() >= want.len()
+    });
+    let got_by_id = alerts_by_id(&got);
+    let missing: Vec<_> = ids(&want).difference(&ids(&got_by_id)).cloned().collect();
+    let extra: Vec<_> = ids(&got_by_id).difference(&ids(&want)).cloned().collect();
+    assert!(missing.is_empty(), "lost {missing:?}\n{}", c.log());
+    assert!(extra.is_empty(), "spurious {extra:?}");
+    for (id, alert) in &want {
+        assert_eq!(&got_by_id[id], alert, "alert {id} differs");
+    }
+    assert!(!dir.join("state-c").join("x").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

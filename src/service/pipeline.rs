@@ -33,7 +33,7 @@ use crate::service::ledger::Ledger;
 use crate::service::metrics::{Counter, Metrics};
 use crate::service::sink::kafka::{Outgoing, Producer};
 use crate::service::sink::{AlertOut, Delivery, Sink};
-use crate::service::source::{self, Rebalance, Source};
+use crate::service::source::{self, Rebalance, Revoked, Source};
 use crate::service::state::StateTopic;
 use crate::service::task::{Incoming, Task, TaskConfig};
 
@@ -178,18 +178,26 @@ impl Pipeline {
 
     fn apply_rebalances(&mut self, consumer: &Source) -> Result<(), String> {
         for r in consumer.context().take_rebalances() {
-            // Whatever happens, the old tasks go: revoked partitions keep
-            // nothing, and each task of a new assignment starts from its
-            // checkpoint or its committed offsets.
-            self.tasks.clear();
-            self.p.health.ready.store(false, Ordering::SeqCst);
-            let Rebalance::Assigned {
-                partitions,
-                mut restore,
-                errors,
-            } = r
-            else {
-                continue;
+            // Revoked tasks go, keeping nothing (their outputs in flight keep
+            // their ids if produced again); each task of a new assignment
+            // starts from its checkpoint or its committed offsets; the
+            // others keep running.
+            let (partitions, mut restore, errors) = match r {
+                Rebalance::Revoked(Revoked::All) => {
+                    self.tasks.clear();
+                    continue;
+                }
+                Rebalance::Revoked(Revoked::Some(parts)) => {
+                    for (_, p) in parts {
+                        self.tasks.remove(&p);
+                    }
+                    continue;
+                }
+                Rebalance::Assigned {
+                    partitions,
+                    restore,
+                    errors,
+                } => (partitions, restore, errors),
             };
             if let Some(e) = errors.first() {
                 return Err(format!("cannot resume a task: {e}"));
@@ -217,9 +225,9 @@ impl Pipeline {
                 };
                 self.tasks.insert(id, slot);
             }
-            let ready = !self.tasks.is_empty();
-            self.p.health.ready.store(ready, Ordering::SeqCst);
         }
+        let ready = !self.tasks.is_empty();
+        self.p.health.ready.store(ready, Ordering::SeqCst);
         Ok(())
     }
 

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -40,7 +42,16 @@ pub enum Rebalance {
         /// Checkpoints that could not be read.
         errors: Vec<String>,
     },
-    Revoked,
+    Revoked(Revoked),
+}
+
+/// What a revocation takes away.
+#[derive(Debug)]
+pub enum Revoked {
+    /// Every partition (the eager protocol, or a failed rebalance).
+    All,
+    /// These partitions (the cooperative protocol).
+    Some(Vec<(String, i32)>),
 }
 
 pub struct Context {
@@ -70,7 +81,14 @@ impl Context {
         Store::new(&self.state_dir, &self.kafka.group_id, task).load()
     }
 
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// Positions newly assigned partitions at their tasks' checkpoints and
+    /// takes them (incrementally under the cooperative protocol).
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        cooperative: bool,
+    ) {
         let partitions: Vec<(String, i32)> = tpl
             .elements()
             .iter()
@@ -108,7 +126,12 @@ impl Context {
                 let _ = tpl.set_partition_offset(t, *p, Offset::Offset(off));
             }
         }
-        if let Err(e) = consumer.assign(tpl) {
+        let taken = if cooperative {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.assign(tpl)
+        };
+        if let Err(e) = taken {
             tracing::error!(error = %e, "assign failed");
         }
         self.metrics.inc("cep_rebalances_total", &[]);
@@ -170,25 +193,53 @@ impl ConsumerContext for Context {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let listed: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let revoked = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                return self.assign(consumer, tpl, cooperative)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+                // Only these go; every other task keeps running.
+                let _ = consumer.incremental_unassign(tpl);
+                Revoked::Some(listed)
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let _ = consumer.unassign();
-                tracing::info!("partitions revoked");
-                self.events
-                    .lock()
-                    .expect("rebalance lock")
-                    .push(Rebalance::Revoked);
+                Revoked::All
             }
             other => {
                 tracing::error!(error = ?other, "rebalance failed");
                 let _ = consumer.unassign();
-                self.events
-                    .lock()
-                    .expect("rebalance lock")
-                    .push(Rebalance::Revoked);
+                Revoked::All
             }
-        }
+        };
+        tracing::info!(?revoked, "partitions revoked");
+        self.events
+            .lock()
+            .expect("rebalance lock")
+            .push(Rebalance::Revoked(revoked));
+    }
+}
+
+/// Cooperative incremental rebalancing (`cooperative-sticky`: a rebalance
+/// moves only the partitions that change owner, the other tasks keep
+/// running) when there is one input topic. With several, partition `i` of
+/// every topic must stay together in task `i`, which only the `range`
+/// assignor guarantees (eager: every rebalance restarts every task from its
+/// checkpoint).
+fn assignment_strategy(k: &KafkaSection) -> &'static str {
+    if k.inputs.len() == 1 {
+        "cooperative-sticky"
+    } else {
+        "range"
     }
 }
 
@@ -205,7 +256,7 @@ pub fn consumer(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "range")
+        .set("partition.assignment.strategy", assignment_strategy(k))
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", "10");
