@@ -407,6 +407,14 @@ impl Pipeline {
 
     async fn on_tick(&mut self, consumer: &Arc<Source>) {
         let now = self.now();
+        for (name, waiting) in consumer.context().backlog() {
+            let task = name
+                .rsplit_once('/')
+                .and_then(|(_, p)| p.parse::<i32>().ok());
+            if let Some(slot) = task.and_then(|t| self.tasks.get_mut(&t)) {
+                slot.task.set_backlog(&name, waiting);
+            }
+        }
         for slot in self.tasks.values_mut() {
             slot.task.tick(now);
         }

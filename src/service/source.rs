@@ -55,6 +55,8 @@ pub enum Revoked {
 }
 
 pub struct Context {
+    /// Partitions with records waiting (from the statistics).
+    backlog: Mutex<BTreeMap<String, bool>>,
     state_dir: std::path::PathBuf,
     kafka: KafkaSection,
     metrics: Arc<Metrics>,
@@ -64,6 +66,13 @@ pub struct Context {
 pub type Source = StreamConsumer<Context>;
 
 impl Context {
+    /// Per partition (`topic/partition`): whether records are waiting in
+    /// it, as of the consumer's last statistics.
+    pub fn backlog(&self) -> Vec<(String, bool)> {
+        let b = self.backlog.lock().expect("backlog lock");
+        b.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     /// Rebalances since the last call, oldest first.
     pub fn take_rebalances(&self) -> Vec<Rebalance> {
         std::mem::take(&mut *self.events.lock().expect("rebalance lock"))
@@ -171,8 +180,19 @@ impl ClientContext for Context {
 
     fn stats(&self, s: Statistics) {
         self.metrics.clear("cep_consumer_lag");
+        let mut backlog = self.backlog.lock().expect("backlog lock");
         for (topic, t) in &s.topics {
             for (p, part) in &t.partitions {
+                // Records waiting beyond what was handed to the pipeline
+                // (before the first, beyond the committed offset).
+                let waiting = if part.app_offset >= 0 {
+                    part.hi_offset > part.app_offset
+                } else {
+                    part.consumer_lag > 0
+                };
+                if *p >= 0 {
+                    backlog.insert(partition_name(topic, *p), waiting);
+                }
                 if *p >= 0 && part.consumer_lag >= 0 {
                     let p = p.to_string();
                     self.metrics.set(
@@ -264,6 +284,7 @@ pub fn consumer(
         c.set(key, v);
     }
     let ctx = Context {
+        backlog: Mutex::new(BTreeMap::new()),
         state_dir: state_dir.to_path_buf(),
         kafka: k.clone(),
         metrics,

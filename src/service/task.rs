@@ -325,6 +325,14 @@ impl Task {
         }
     }
 
+    /// Whether records are known to be waiting in partition `name`
+    /// (`topic/partition`): such a partition is never idle.
+    pub fn set_backlog(&mut self, name: &str, waiting: bool) {
+        for clocks in self.clocks.values_mut() {
+            clocks.set_backlog(name, waiting);
+        }
+    }
+
     /// Moves every stream's watermark as time passes (idle partitions drop
     /// out of it).
     pub fn tick(&mut self, now: u64) {
@@ -512,6 +520,27 @@ end
         assert!(alerts(&mut t).is_empty());
         // ...until it has been silent for the idle timeout.
         t.tick(1_001);
+        assert_eq!(alerts(&mut t), [r#""c1":900.0"#]);
+    }
+
+    #[test]
+    fn a_silent_partition_with_waiting_records_never_goes_idle() {
+        let mut t = task(0, 1_000);
+        t.push(&rec(0, 0, &card("c1", 1_000, 5.0)), 0);
+        t.push(&rec(0, 1, &card("c1", 2_000, 900.0)), 0);
+        // Partition 0 keeps delivering; partition 1 says nothing for a
+        // minute, but the consumer reports records waiting in it (a
+        // stalled fetch): it holds the watermark however long it is silent.
+        t.set_backlog("cards/1", true);
+        t.push(&rec(0, 2, &card("c2", 3_000, 1.0)), 59_500);
+        t.tick(60_000);
+        assert!(alerts(&mut t).is_empty());
+        // Its records arrive, in order: none is late (were it treated as
+        // idle, the watermark would have passed 1.5 s long ago).
+        let fate = t.push(&rec(1, 0, &card("c3", 1_500, 50.0)), 60_001);
+        assert_eq!(fate, Fate::default());
+        t.set_backlog("cards/1", false);
+        t.push(&rec(1, 1, &card("c3", 2_500, 50.0)), 60_002);
         assert_eq!(alerts(&mut t), [r#""c1":900.0"#]);
     }
 

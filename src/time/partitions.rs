@@ -8,7 +8,11 @@
 //! partition can still deliver an earlier one — except that a partition
 //! silent for longer than the idle timeout is left out of the minimum, so
 //! one quiet partition cannot stall every alert (its next record is then
-//! judged against the stream's watermark too).
+//! judged against the stream's watermark too). Silence is not idleness when
+//! records are known to be waiting in the partition (the consumer reports a
+//! backlog, [`PartitionClocks::set_backlog`]): a slow broker or a paused
+//! fetch must not let the other partitions run ahead and turn in-order
+//! events into late ones.
 //!
 //! The engine is driven one millisecond *behind* the minimum (see
 //! [`PartitionClocks::engine_watermark`]): every event released is then
@@ -42,6 +46,9 @@ struct Clock {
     /// When the partition last delivered a record (or was assigned).
     #[serde(skip)]
     last_seen: u64,
+    /// Records are known to be waiting in the partition: never idle.
+    #[serde(skip)]
+    backlog: bool,
 }
 
 /// The watermarks of one stream's partitions.
@@ -71,6 +78,7 @@ impl PartitionClocks {
             .or_insert(Clock {
                 newest: i64::MIN,
                 last_seen: now,
+                backlog: false,
             });
     }
 
@@ -101,11 +109,19 @@ impl PartitionClocks {
         }
     }
 
+    /// Whether records are known to be waiting in partition `id` (the
+    /// consumer's lag): a partition with a backlog is never idle.
+    pub fn set_backlog(&mut self, id: &PartitionId, waiting: bool) {
+        if let Some(c) = self.clocks.get_mut(id) {
+            c.backlog = waiting;
+        }
+    }
+
     /// The minimum of the partitions' watermarks, idle partitions left out.
     pub fn watermark(&self, now: u64) -> Watermark {
         self.clocks
             .values()
-            .filter(|c| now.saturating_sub(c.last_seen) < self.idle_after)
+            .filter(|c| c.backlog || now.saturating_sub(c.last_seen) < self.idle_after)
             .map(|c| c.newest.saturating_sub(self.lateness))
             .min()
             .map_or(Watermark::Idle, Watermark::EventTime)
@@ -172,6 +188,21 @@ mod tests {
         c.observe(&p(1), Some(400), 130);
         assert_eq!(c.watermark(130), Watermark::EventTime(400), "p1 back");
         assert_eq!(c.watermark(500), Watermark::Idle, "both idle");
+    }
+
+    #[test]
+    fn a_silent_partition_with_waiting_records_is_not_idle() {
+        let mut c = PartitionClocks::new(0, 100);
+        c.observe(&p(0), Some(1_000), 0);
+        c.observe(&p(1), Some(400), 0);
+        // Partition 1 stalls (a slow broker) with records waiting.
+        c.set_backlog(&p(1), true);
+        assert_eq!(c.watermark(10_000), Watermark::EventTime(400));
+        assert_eq!(c.late_before(&p(1)), 400, "its next records are not late");
+        // Drained: silence is idleness again.
+        c.set_backlog(&p(1), false);
+        c.observe(&p(0), Some(2_000), 10_000);
+        assert_eq!(c.watermark(10_050), Watermark::EventTime(2_000));
     }
 
     #[test]
