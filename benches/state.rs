@@ -39,7 +39,8 @@ fn engine_with(keys: usize) -> Engine {
             r#"{{"card":{{"id":"card-{k:07}"}},"ts":{},"amount":5}}"#,
             1_700_000_000_000i64 + k as i64
         );
-        e.push_json(None, line.as_bytes(), k as u64, &mut out).unwrap();
+        e.push_json(None, line.as_bytes(), k as u64, &mut out)
+            .unwrap();
     }
     // Release the buffered events into runs.
     e.drain(&mut out);
@@ -103,7 +104,9 @@ fn main() {
     let metrics = Metrics::default();
     let st = StateTopic::new(topic, producer, metrics.sink("state"));
     println!();
-    println!("| keys | bytes | write to the state topic (acknowledged) | read back (restore's fetch) |");
+    println!(
+        "| keys | bytes | write to the state topic (acknowledged) | read back (restore's fetch) |"
+    );
     println!("| --- | --- | --- | --- |");
     let mut seq = 0;
     for (task, (keys, bytes)) in snapshots.into_iter().enumerate() {

@@ -193,6 +193,21 @@ fn explain_prints_graphviz() {
     assert!(err.contains("no pattern named `nope`"), "{err}");
 }
 
+/// `cep replay --patterns PATTERNS --input INPUT [extra]`: its alerts.
+fn replay_out(patterns: &std::path::Path, input: &std::path::Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "replay",
+        "--patterns",
+        patterns.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cep(&args);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
 /// Four patterns that all need `card.id` and `ts`.
 fn four_patterns() -> PathBuf {
     let mut text = String::from(FRAUD);
@@ -333,29 +348,14 @@ fn each_rejected_record_is_dead_lettered_once_with_its_bytes_and_every_reason() 
         .collect();
     let fixed_path = dir.join("dl-fixed.jsonl");
     std::fs::write(&fixed_path, &fixed).unwrap();
-    let (code, out, err) = cep(&[
-        "replay",
-        "--patterns",
-        patterns.to_str().unwrap(),
-        "--input",
-        fixed_path.to_str().unwrap(),
-        "--format",
-        "dead-letter",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let out = replay_out(&patterns, &fixed_path, &["--format", "dead-letter"]);
     let direct: String = lines_of(&fixed_path)
         .iter()
         .map(|e| format!("{}\n", e["raw"].as_str().unwrap()))
         .collect();
     let direct_path = dir.join("dl-direct.jsonl");
     std::fs::write(&direct_path, direct).unwrap();
-    let (_, expected, _) = cep(&[
-        "replay",
-        "--patterns",
-        patterns.to_str().unwrap(),
-        "--input",
-        direct_path.to_str().unwrap(),
-    ]);
+    let expected = replay_out(&patterns, &direct_path, &[]);
     assert_eq!(out.lines().count(), 4, "one match per pattern: {out}");
     assert_eq!(out, expected);
     assert!(out.contains(r#""key":"c9""#), "{out}");
@@ -410,24 +410,9 @@ end
     e["raw"] = "N9,3000,120".into();
     let fixed = input.with_file_name("dl-csv-fixed.jsonl");
     std::fs::write(&fixed, format!("{e}\n")).unwrap();
-    let (code, out, err) = cep(&[
-        "replay",
-        "--patterns",
-        patterns.to_str().unwrap(),
-        "--input",
-        fixed.to_str().unwrap(),
-        "--format",
-        "dead-letter",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let out = replay_out(&patterns, &fixed, &["--format", "dead-letter"]);
     let direct = scratch("dl-direct.csv", "tailnum,ts,delay\nN9,3000,120\n");
-    let (_, expected, _) = cep(&[
-        "replay",
-        "--patterns",
-        patterns.to_str().unwrap(),
-        "--input",
-        direct.to_str().unwrap(),
-    ]);
+    let expected = replay_out(&patterns, &direct, &[]);
     assert_eq!(out.lines().count(), 1, "{out}");
     assert_eq!(out, expected);
 }

@@ -749,6 +749,36 @@ topic = "alerts"
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A card charge: `{"card": {"id": "c<card>"}, "ts": ts, "amount": amount}`.
+fn charge(card: usize, ts: i64, amount: f64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "card": {"id": format!("c{card}")}, "ts": ts, "amount": amount
+    }))
+    .unwrap()
+}
+
+/// Produces `records` (partition, value) to `cards`.
+fn send_cards(b: &str, records: &[(i32, Vec<u8>)]) {
+    let out: Vec<Out> = records
+        .iter()
+        .map(|(p, v)| Out {
+            partition: Some(*p),
+            key: None,
+            value: v,
+        })
+        .collect();
+    produce(b, "cards", &out);
+}
+
+/// The config of instance `who` of the test group, with a state directory
+/// of its own.
+fn instance(b: &str, patterns: &Path, who: &str) -> String {
+    config(b, patterns, &format!("instance_id = \"{who}\""), "0s").replace(
+        "state_dir = \"state\"",
+        &format!("state_dir = \"state-{who}\""),
+    )
+}
+
 /// State kept in Kafka: an instance on an empty state directory that takes
 /// over the tasks continues the partial matches the first instance started.
 #[test]
@@ -758,12 +788,7 @@ fn a_task_resumes_on_another_instance_from_the_state_topic() {
     create_topic(&b, "cards", 2);
     create_topic(&b, "alerts", 1);
     let dir = scratch("takeover");
-    let ev = |card: usize, ts: i64, amount: f64| {
-        serde_json::to_vec(&serde_json::json!({
-            "card": {"id": format!("c{card}")}, "ts": ts, "amount": amount
-        }))
-        .unwrap()
-    };
+    let ev = charge;
     // Each card: a small charge read by the first instance, the large one
     // (within 5 minutes) only by the second.
     let firsts: Vec<(i32, Vec<u8>)> = (0..10)
@@ -775,25 +800,10 @@ fn a_task_resumes_on_another_instance_from_the_state_topic() {
     for p in 0..2 {
         seconds.push((p, ev(100 + p as usize, 90_000_000, 50.0)));
     }
-    let send = |records: &[(i32, Vec<u8>)]| {
-        let out: Vec<Out> = records
-            .iter()
-            .map(|(p, v)| Out {
-                partition: Some(*p),
-                key: None,
-                value: v,
-            })
-            .collect();
-        produce(&b, "cards", &out);
-    };
+    let send = |records: &[(i32, Vec<u8>)]| send_cards(&b, records);
     send(&firsts);
     let patterns = repo("patterns/fraud");
-    let cfg = |who: &str| {
-        config(&b, &patterns, &format!("instance_id = \"{who}\""), "0s").replace(
-            "state_dir = \"state\"",
-            &format!("state_dir = \"state-{who}\""),
-        )
-    };
+    let cfg = |who: &str| instance(&b, &patterns, who);
     let mut first = Serve::start(&dir, &cfg("a"));
     first.wait_ready(Duration::from_secs(60));
     let t0 = Instant::now();
@@ -860,12 +870,7 @@ fn instances_join_die_and_leave_without_losing_or_inventing_alerts() {
         patterns.join("small_then_large.cep"),
     )
     .unwrap();
-    let ev = |card: usize, ts: i64, amount: f64| {
-        serde_json::to_vec(&serde_json::json!({
-            "card": {"id": format!("c{card}")}, "ts": ts, "amount": amount
-        }))
-        .unwrap()
-    };
+    let ev = charge;
     const CARDS: usize = 60;
     // Phase 1: every card's small charge. Phases 2 and 3: ordinary charges.
     // Phase 4: every card's large charge (within 5 minutes), then an event
@@ -887,23 +892,8 @@ fn instances_join_die_and_leave_without_losing_or_inventing_alerts() {
         }
         out
     };
-    let send = |records: &[(i32, Vec<u8>)]| {
-        let out: Vec<Out> = records
-            .iter()
-            .map(|(p, v)| Out {
-                partition: Some(*p),
-                key: None,
-                value: v,
-            })
-            .collect();
-        produce(&b, "cards", &out);
-    };
-    let cfg = |who: &str| {
-        config(&b, &patterns, &format!("instance_id = \"{who}\""), "0s").replace(
-            "state_dir = \"state\"",
-            &format!("state_dir = \"state-{who}\""),
-        )
-    };
+    let send = |records: &[(i32, Vec<u8>)]| send_cards(&b, records);
+    let cfg = |who: &str| instance(&b, &patterns, who);
     let read = |serves: &[&Serve]| -> f64 {
         serves
             .iter()
