@@ -9,7 +9,7 @@
 //! is returned as a [`BadRecord`] with its line, its bytes and the reason
 //! (as is a JSON line the engine finds malformed): the caller sends it to
 //! the dead-letter output ([`crate::deadletter`]), it is never skipped
-//! silently. A record keeps what it was read from ([`Record::raw`]) so that
+//! silently. A CSV record keeps its row ([`Record::csv`]) so that
 //! one a pattern refuses later can be dead-lettered whole.
 
 use std::fs::File;

@@ -291,7 +291,8 @@ pub async fn partition_counts_of(
     .map_err(|e| format!("kafka: metadata: {e}"))?
 }
 
-/// [`check_blocking`] on a blocking thread.
+/// Checks that the cluster can be used as configured (see the module
+/// notes), on a blocking thread.
 pub async fn check(k: &KafkaSection) -> Result<(), String> {
     let k = k.clone();
     tokio::task::spawn_blocking(move || check_blocking(&k))

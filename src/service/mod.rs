@@ -1,12 +1,16 @@
 //! The service shell: `cep serve`.
 //!
-//! Everything with I/O lives here, around the pure core: the Kafka
-//! [`source`] (a consumer group over the configured input topics), the
-//! [`pipeline`] that drives the engine in event time, the [`sink`]s alerts
-//! go to (Kafka topics, webhooks, stdout, files), [`checkpoint`]s that tie
-//! engine state to input offsets, the [`ledger`] that keeps offsets from
-//! moving past an output not yet acknowledged, and the [`http`] endpoints
-//! (`/metrics`, `/healthz`, `/readyz`).
+//! Everything with I/O lives here, around the pure core: [`connect`]ing to
+//! the cluster (TLS, SASL, the start-up check), the Kafka [`source`] (a
+//! consumer group over the configured input topics), the [`task`]s (one per
+//! input partition number: what a record means, its own engine and
+//! event-time clock; no Kafka types), the [`pipeline`] that feeds them and
+//! sends what they produce, the [`sink`]s alerts go to (Kafka topics,
+//! webhooks, stdout, files), [`checkpoint`]s that tie a task's state to its
+//! input offsets, kept in the group's [`state`] topic so that they move
+//! with the task, the [`ledger`] that keeps offsets from moving past an
+//! output not yet acknowledged, the pattern [`registry`] and its REST
+//! [`api`], and the [`http`] endpoints (`/metrics`, `/healthz`, `/readyz`).
 //!
 //! Delivery is at-least-once with stable ids: an alert may be delivered
 //! again after a crash, never lost, and a repeat carries the same
