@@ -6,6 +6,7 @@
 //! (`"90s"`, `"6h"`). Command-line flags override the file.
 
 mod duration;
+pub mod security;
 pub mod service;
 
 use std::collections::BTreeMap;
