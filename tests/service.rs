@@ -848,6 +848,7 @@ fn a_task_resumes_on_another_instance_from_the_state_topic() {
         "{}",
         second.log()
     );
+    assert_eq!(second.metric("cep_tasks", ""), 2.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

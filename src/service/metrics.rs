@@ -88,6 +88,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "counter",
         "Partition assignments received.",
     ),
+    (
+        "cep_tasks",
+        "gauge",
+        "Tasks (input partition numbers) this instance owns.",
+    ),
+    (
+        "cep_checkpoint_bytes",
+        "gauge",
+        "Size of each task's last checkpoint written to the state topic.",
+    ),
 ];
 
 type Labels = Vec<(String, String)>;

@@ -183,14 +183,18 @@ impl Pipeline {
             // starts from its checkpoint or its committed offsets; the
             // others keep running.
             let (partitions, mut restore, errors) = match r {
-                Rebalance::Revoked(Revoked::All) => {
-                    self.tasks.clear();
-                    continue;
-                }
-                Rebalance::Revoked(Revoked::Some(parts)) => {
-                    for (_, p) in parts {
-                        self.tasks.remove(&p);
+                Rebalance::Revoked(revoked) => {
+                    match revoked {
+                        Revoked::All => self.tasks.clear(),
+                        Revoked::Some(parts) => {
+                            for (_, p) in parts {
+                                self.tasks.remove(&p);
+                            }
+                        }
                     }
+                    // Tasks that stay report theirs again at their next
+                    // checkpoint.
+                    self.p.metrics.clear("cep_checkpoint_bytes");
                     continue;
                 }
                 Rebalance::Assigned {
@@ -516,6 +520,7 @@ impl Pipeline {
             &[],
             self.p.ledger.outstanding() as f64,
         );
+        m.set("cep_tasks", &[], self.tasks.len() as f64);
     }
 
     /// Stops consuming, checkpoints the current state once its outputs are
@@ -617,6 +622,10 @@ fn persist(
             return false;
         }
         sink.metrics.inc("cep_checkpoints_total", &[]);
+        let task = task.to_string();
+        let l = [("task", task.as_str())];
+        sink.metrics
+            .set("cep_checkpoint_bytes", &l, bytes.len() as f64);
         true
     })
 }
