@@ -542,15 +542,19 @@ impl SideOutputs {
     fn record(&mut self, out: &mut Output, fate: Fate) -> io::Result<()> {
         let c = &mut self.counts;
         let letter = match fate {
-            Fate::Read => None,
-            Fate::Unreadable(d) => Some(d),
-            Fate::Refused(d) => Some(d),
+            Fate::Read => {
+                c.events += 1;
+                None
+            }
+            Fate::Refused(d) => {
+                c.events += 1;
+                Some(d)
+            }
+            Fate::Unreadable(d) => {
+                c.bad += 1;
+                Some(d)
+            }
         };
-        if out.rejected.is_empty() && letter.is_some() {
-            c.bad += 1;
-        } else {
-            c.events += 1;
-        }
         c.late_records += u64::from(!out.late.is_empty());
         c.rejected_records += u64::from(!out.rejected.is_empty());
         c.rejected += out.rejected.len() as u64;

@@ -274,9 +274,16 @@ impl Pipeline {
     /// Sends the alerts of one task (or of every task) to their sinks.
     async fn dispatch(&mut self, task: Option<i32>) {
         let mut alerts = Vec::new();
-        for (id, slot) in self.tasks.iter_mut() {
-            if task.is_none_or(|t| t == *id) {
-                alerts.extend(slot.task.take_alerts());
+        match task {
+            Some(id) => {
+                if let Some(slot) = self.tasks.get_mut(&id) {
+                    alerts.extend(slot.task.take_alerts());
+                }
+            }
+            None => {
+                for slot in self.tasks.values_mut() {
+                    alerts.extend(slot.task.take_alerts());
+                }
             }
         }
         for a in alerts {

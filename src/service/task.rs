@@ -191,25 +191,21 @@ impl Task {
     /// Reads one record: feeds the engine, moves the clocks and releases
     /// what the watermark passed. Alerts wait in [`Task::take_alerts`].
     pub fn push(&mut self, rec: &Incoming<'_>, now: u64) -> Fate {
+        // Three reference counts, no string copies: the part's names are
+        // shared.
         let Some(part) = self.part(rec.topic, rec.partition).cloned() else {
             return Fate::default();
         };
-        let Part {
-            name,
-            topic,
-            stream,
-            input,
-            ..
-        } = part.clone();
-        match self.positions.get_mut(&*name) {
+        let (name, topic, stream) = (&*part.name, &*part.topic, &*part.stream);
+        match self.positions.get_mut(name) {
             Some(p) => *p = rec.offset + 1,
             None => {
                 self.positions.insert(name.to_string(), rec.offset + 1);
             }
         }
-        bump(&mut self.counts.events_in, &topic);
+        bump(&mut self.counts.events_in, topic);
         let mut out = std::mem::take(&mut self.out);
-        let problem = match self.check(rec, input) {
+        let problem = match self.check(rec, part.input) {
             Err(p) => Some(p),
             Ok((key, time)) => self.feed(rec, &part, key, time, now, &mut out),
         };
@@ -225,14 +221,14 @@ impl Task {
             late: out.late.first().map(|l| (l.event_time, l.watermark)),
         };
         if !fate.dead.is_empty() {
-            bump(&mut self.counts.decode_errors, &topic);
+            bump(&mut self.counts.decode_errors, topic);
         }
         if fate.late.is_some() {
-            bump(&mut self.counts.late, &stream);
+            bump(&mut self.counts.late, stream);
         }
         out.rejected.clear();
         out.late.clear();
-        self.advance(&stream, now, &mut out);
+        self.advance(stream, now, &mut out);
         self.out = out;
         fate
     }
