@@ -179,20 +179,8 @@ fn fraud_patterns_end_to_end_equal_replay_and_shut_down_cleanly() {
     let status = serve.wait(Duration::from_secs(30));
     assert!(status.success(), "exit {status}:\n{}", serve.log());
     assert!(t0.elapsed() < Duration::from_secs(15));
-    // One checkpoint per task (partition number).
-    let offsets: i64 = (0..3)
-        .map(|task| {
-            let file = dir.join(format!("state/checkpoint-cep-test-task-{task}.json"));
-            let ckpt: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
-            ckpt["offsets"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_i64().unwrap())
-                .sum::<i64>()
-        })
-        .sum();
+    // Every task checkpointed the end of its partition, then committed it.
+    let offsets: i64 = committed(&b, "cep-test", "cards", 3).iter().sum();
     assert_eq!(offsets, lines.len() as i64, "every record checkpointed");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -801,24 +789,33 @@ fn a_task_resumes_on_another_instance_from_the_state_topic() {
         seconds.push((p, ev(100 + p as usize, 90_000_000, 50.0)));
     }
     let send = |records: &[(i32, Vec<u8>)]| send_cards(&b, records);
-    send(&firsts);
     let patterns = repo("patterns/fraud");
     let cfg = |who: &str| instance(&b, &patterns, who);
     let mut first = Serve::start(&dir, &cfg("a"));
     first.wait_ready(Duration::from_secs(60));
-    let t0 = Instant::now();
-    while first.metric("cep_events_in_total", "") < firsts.len() as f64
-        || first.metric("cep_checkpoints_total", "") < 4.0
-    {
-        assert!(t0.elapsed() < Duration::from_secs(30), "{}", first.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    first.signal("-TERM");
-    assert!(
-        first.wait(Duration::from_secs(30)).success(),
-        "{}",
-        first.log()
-    );
+    let wait = |s: &Serve, what: &dyn Fn(&Serve) -> bool| {
+        let t0 = Instant::now();
+        while !what(s) {
+            assert!(t0.elapsed() < Duration::from_secs(30), "{}", s.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let checkpoints =
+        |s: &Serve, kind: &str| s.metric("cep_checkpoints_total", &format!("kind=\"{kind}\""));
+    // Half the small charges before the first whole checkpoints, half after:
+    // the state the second instance restores is a whole checkpoint and the
+    // increments after it.
+    send(&firsts[..5]);
+    wait(&first, &|s| {
+        s.metric("cep_events_in_total", "") >= 5.0 && checkpoints(s, "whole") >= 2.0
+    });
+    send(&firsts[5..]);
+    wait(&first, &|s| s.metric("cep_events_in_total", "") >= 10.0);
+    let changes = checkpoints(&first, "changes");
+    wait(&first, &|s| checkpoints(s, "changes") >= changes + 4.0);
+    // No final checkpoint: the state topic holds what the increments wrote.
+    first.signal("-KILL");
+    first.wait(Duration::from_secs(30));
     drop(first);
 
     send(&seconds);

@@ -26,8 +26,10 @@ pub struct ServeSection {
     /// Pattern file or directory loaded at start. Default `"patterns"`.
     #[serde(default = "default_patterns")]
     pub patterns: PathBuf,
-    /// Directory for checkpoints (the engine's state with the input offsets
-    /// it belongs to) and the default dead-letter files. Default `"state"`.
+    /// Directory for the default dead-letter files. Checkpoints live in
+    /// the state topic (`kafka.state_topic`); a checkpoint file an earlier
+    /// version left here is read once when the state topic has nothing for
+    /// its task. Default `"state"`.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// How often a checkpoint is taken. Offsets are committed with a

@@ -33,7 +33,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::{Automaton, Binding, Entry, Env, NodeId, SkipPlan};
@@ -75,19 +75,37 @@ pub struct MatchStats {
     pub runs_dropped: u64,
 }
 
-/// All run state of one pattern. Plain data: serialisable as a whole.
+/// All run state of one pattern. Plain data: serialisable as a whole, or
+/// as the keys changed since the last [`Matcher::take_changes`].
+///
+/// The timer queue is not saved: it is derived from each key's
+/// `scheduled` deadline ([`Matcher::rebuild_timers`]), and ties pop in
+/// (deadline, key) order either way, so a restored matcher fires exactly
+/// as the saved one would have.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Matcher {
     keys: FxHashMap<Key, KeyRuns>,
+    #[serde(skip)]
     timers: BinaryHeap<Reverse<(i64, Key)>>,
     pub stats: MatchStats,
+    /// Keys whose runs changed (or ended) since the last
+    /// [`Matcher::take_changes`], kept only when [`Limits::track_changes`]
+    /// is on: what an incremental checkpoint writes.
+    #[serde(skip)]
+    changed: FxHashSet<Key>,
 }
+
+/// The runs of one key as a change to a saved matcher: `None` when the key
+/// has no runs left.
+pub type KeyChange = (Key, Option<KeyRuns>);
 
 /// Settings that shape matching.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_runs_per_key: usize,
     pub include_events: bool,
+    /// List the keys that change (see [`Matcher::take_changes`]).
+    pub track_changes: bool,
 }
 
 impl Matcher {
@@ -97,6 +115,56 @@ impl Matcher {
 
     pub fn active_runs(&self) -> usize {
         self.keys.values().map(|k| k.runs.len()).sum()
+    }
+
+    /// The keys changed since the last call, each with its runs now, and
+    /// forgets them.
+    pub fn take_changes(&mut self) -> Vec<KeyChange> {
+        let mut changed: Vec<KeyChange> = self
+            .changed
+            .drain()
+            .map(|k| {
+                let runs = self.keys.get(&k).cloned();
+                (k, runs)
+            })
+            .collect();
+        // A stable order keeps checkpoints of equal state byte-equal.
+        changed.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        changed
+    }
+
+    /// Forgets the changed keys (a whole snapshot was just taken).
+    pub fn forget_changes(&mut self) {
+        self.changed.clear();
+    }
+
+    /// The matcher without its keys: its counters.
+    pub fn without_keys(&self) -> Matcher {
+        Matcher {
+            stats: self.stats.clone(),
+            ..Matcher::default()
+        }
+    }
+
+    /// Applies changes taken by [`Matcher::take_changes`] to a saved
+    /// matcher, with the counters as they were then.
+    pub fn apply_changes(&mut self, stats: MatchStats, changes: Vec<KeyChange>) {
+        self.stats = stats;
+        for (k, runs) in changes {
+            match runs {
+                Some(r) => self.keys.insert(k, r),
+                None => self.keys.remove(&k),
+            };
+        }
+    }
+
+    /// Rebuilds the timer queue from the keys' deadlines (after a restore).
+    pub fn rebuild_timers(&mut self) {
+        self.timers = self
+            .keys
+            .iter()
+            .filter_map(|(k, ks)| Some(Reverse((ks.scheduled?, k.clone()))))
+            .collect();
     }
 
     /// Offers one event, in event-time order for its key.
@@ -126,7 +194,7 @@ impl Matcher {
             self.stats.runs_dropped += excess as u64;
         }
         let key = ev.key.clone();
-        self.reschedule(a, key);
+        self.reschedule(a, key, lim);
     }
 
     /// Fires every deadline at or before `watermark`.
@@ -163,11 +231,16 @@ impl Matcher {
                 stats: &mut self.stats,
             };
             cx.expire(ks, watermark);
-            self.reschedule(a, key);
+            self.reschedule(a, key, lim);
         }
     }
 
-    fn reschedule(&mut self, a: &Automaton, key: Key) {
+    /// Every change to a key's runs ends here (after an event, after a
+    /// fired deadline), which makes it the one place to list changed keys.
+    fn reschedule(&mut self, a: &Automaton, key: Key, lim: Limits) {
+        if lim.track_changes && !self.changed.contains(&key) {
+            self.changed.insert(key.clone());
+        }
         let Some(ks) = self.keys.get_mut(&key) else {
             return;
         };

@@ -28,7 +28,7 @@ use crate::time::{Admit, ReorderBuffer};
 use crate::value::Value;
 
 pub use alert::{Alert, AlertKind};
-pub use matcher::{Limits, MatchStats, Matcher};
+pub use matcher::{KeyChange, KeyRuns, Limits, MatchStats, Matcher};
 
 /// How the engine treats time and bounds its state.
 #[derive(Clone, Copy, Debug)]
@@ -160,10 +160,75 @@ pub struct PatternStats {
     pub watermark: i64,
 }
 
+impl PatternState {
+    /// Everything but the keys' runs: the reorder buffer and counters.
+    fn without_keys(&self) -> PatternState {
+        PatternState {
+            buffer: self.buffer.clone(),
+            matcher: self.matcher.without_keys(),
+            late: self.late,
+            rejected: self.rejected,
+            shadow_alerts: self.shadow_alerts,
+        }
+    }
+}
+
 /// A whole engine's state, tagged with the patterns it belongs to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     patterns: Vec<(String, String, PatternState)>,
+}
+
+/// What changed in an engine since its last snapshot or changes
+/// ([`Engine::take_changes`]): per pattern, the runs of each key that
+/// changed (or ended) and everything else whole (reorder buffer,
+/// counters). Applied to the earlier [`Snapshot`], it gives the engine's
+/// snapshot now: its size follows the keys that changed, not the state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Changes {
+    patterns: Vec<PatternChanges>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct PatternChanges {
+    name: String,
+    source_hash: String,
+    rest: PatternState,
+    keys: Vec<KeyChange>,
+}
+
+impl Changes {
+    /// Number of keys changed or ended.
+    pub fn keys(&self) -> usize {
+        self.patterns.iter().map(|p| p.keys.len()).sum()
+    }
+}
+
+impl Snapshot {
+    /// Brings this snapshot forward by `changes` taken after it. Refused
+    /// when the changes name a pattern the snapshot does not hold (the
+    /// pattern set changed in between, which takes a whole snapshot).
+    pub fn apply(&mut self, changes: Changes) -> Result<(), String> {
+        for c in changes.patterns {
+            let Some((_, _, st)) = self
+                .patterns
+                .iter_mut()
+                .find(|(n, h, _)| *n == c.name && *h == c.source_hash)
+            else {
+                return Err(format!(
+                    "changes to pattern `{}` follow a snapshot without it",
+                    c.name
+                ));
+            };
+            let rest = c.rest;
+            st.buffer = rest.buffer;
+            st.late = rest.late;
+            st.rejected = rest.rejected;
+            st.shadow_alerts = rest.shadow_alerts;
+            st.matcher.apply_changes(rest.matcher.stats, c.keys);
+        }
+        Ok(())
+    }
 }
 
 pub struct Engine {
@@ -174,6 +239,8 @@ pub struct Engine {
     /// Where each pattern's fields land among the extractor's captures.
     fields: Vec<CaptureSlots>,
     scratch: Captures,
+    /// List changed keys for [`Engine::take_changes`].
+    track_changes: bool,
 }
 
 /// Capture numbers of one pattern's key paths, time and slots.
@@ -218,6 +285,17 @@ impl Engine {
             extractor,
             fields,
             scratch: Captures::new(),
+            track_changes: false,
+        }
+    }
+
+    /// Lists the keys each event or deadline changes, so that
+    /// [`Engine::take_changes`] can return them (off by default: a replay
+    /// has no use for the list).
+    pub fn track_changes(&mut self, on: bool) {
+        self.track_changes = on;
+        if !on {
+            self.forget_changes();
         }
     }
 
@@ -229,6 +307,7 @@ impl Engine {
         Limits {
             max_runs_per_key: self.config.max_runs_per_key,
             include_events: self.config.include_events,
+            track_changes: self.track_changes,
         }
     }
 
@@ -489,6 +568,7 @@ impl Engine {
     pub fn swap_patterns(&mut self, automata: Vec<Automaton>) -> Vec<String> {
         let mut old: Vec<(Automaton, PatternState)> = std::mem::take(&mut self.patterns);
         let mut next = Engine::new(automata, self.config);
+        next.track_changes = self.track_changes;
         let mut fresh = Vec::new();
         for (a, st) in &mut next.patterns {
             let keep = old
@@ -506,6 +586,29 @@ impl Engine {
         }
         *self = next;
         fresh
+    }
+
+    /// The changes since the last call, [`Engine::forget_changes`] or
+    /// restore (with [`Engine::track_changes`] on), and forgets them.
+    pub fn take_changes(&mut self) -> Changes {
+        let patterns = self
+            .patterns
+            .iter_mut()
+            .map(|(a, st)| PatternChanges {
+                name: a.name.clone(),
+                source_hash: a.source_hash.clone(),
+                keys: st.matcher.take_changes(),
+                rest: st.without_keys(),
+            })
+            .collect();
+        Changes { patterns }
+    }
+
+    /// Forgets the changed keys: a whole snapshot was taken.
+    pub fn forget_changes(&mut self) {
+        for (_, st) in &mut self.patterns {
+            st.matcher.forget_changes();
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -529,10 +632,14 @@ impl Engine {
                 .iter()
                 .find(|(n, h, _)| *n == a.name && *h == a.source_hash)
             {
-                Some((_, _, saved)) => *st = saved.clone(),
+                Some((_, _, saved)) => {
+                    *st = saved.clone();
+                    st.matcher.rebuild_timers();
+                }
                 None => fresh.push(a.name.clone()),
             }
         }
+        self.forget_changes();
         fresh
     }
 }

@@ -17,6 +17,12 @@
 //! a temporary name, synced and renamed, so a crash leaves either the old
 //! checkpoint or the new one.
 //!
+//! A checkpoint is whole ([`Checkpoint`]) or the changes since the one
+//! before it ([`Increment`]: the runs of the keys that changed, and the
+//! small rest whole); the state topic keeps a whole one and the increments
+//! after it, and a reader applies them in order
+//! ([`Checkpoint::apply`]).
+//!
 //! A checkpoint belongs to one task: partition number `i` of every input
 //! topic (see [`crate::service::task`]). It is kept in the group's state
 //! topic ([`crate::service::state`]) and cached in a file of its own,
@@ -29,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Snapshot;
+use crate::engine::{Changes, Snapshot};
 use crate::time::partitions::PartitionClocks;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +58,81 @@ pub struct Checkpoint {
 }
 
 pub const FORMAT: u32 = 1;
+
+/// The changes of a task since its previous checkpoint: the offsets and
+/// clocks whole, the engine's changed keys ([`Changes`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Increment {
+    pub format: u32,
+    pub seq: u64,
+    pub partitions: BTreeSet<String>,
+    pub offsets: BTreeMap<String, i64>,
+    pub clocks: BTreeMap<String, PartitionClocks>,
+    pub engine: Changes,
+}
+
+/// What a task cuts at a checkpoint: its whole state or its changes.
+#[derive(Clone, Debug)]
+pub enum Cut {
+    Whole(Checkpoint),
+    Changes(Increment),
+}
+
+impl Cut {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Cut::Whole(c) => c.seq,
+            Cut::Changes(i) => i.seq,
+        }
+    }
+
+    pub fn set_seq(&mut self, seq: u64) {
+        match self {
+            Cut::Whole(c) => c.seq = seq,
+            Cut::Changes(i) => i.seq = seq,
+        }
+    }
+
+    pub fn offsets(&self) -> &BTreeMap<String, i64> {
+        match self {
+            Cut::Whole(c) => &c.offsets,
+            Cut::Changes(i) => &i.offsets,
+        }
+    }
+
+    /// Serialised as the state topic stores it: the checkpoint or the
+    /// increment itself, not this enum.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Cut::Whole(c) => serde_json::to_vec(c),
+            Cut::Changes(i) => serde_json::to_vec(i),
+        }
+        .expect("a checkpoint serialises")
+    }
+}
+
+impl Checkpoint {
+    /// Brings this checkpoint forward by the increment cut after it.
+    pub fn apply(&mut self, i: Increment) -> Result<(), String> {
+        if i.seq <= self.seq {
+            return Err(format!(
+                "increment {} does not follow checkpoint {}",
+                i.seq, self.seq
+            ));
+        }
+        if i.partitions != self.partitions {
+            return Err(format!(
+                "increment {} covers other partitions than checkpoint {}",
+                i.seq, self.seq
+            ));
+        }
+        self.engine.apply(i.engine)?;
+        self.seq = i.seq;
+        self.offsets = i.offsets;
+        self.clocks = i.clocks;
+        Ok(())
+    }
+}
 
 pub fn partition_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")

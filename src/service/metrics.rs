@@ -81,7 +81,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "cep_checkpoints_total",
         "counter",
-        "Checkpoints written and committed.",
+        "Checkpoints written and committed, by kind (whole, changes).",
     ),
     (
         "cep_rebalances_total",
@@ -97,6 +97,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "cep_checkpoint_bytes",
         "gauge",
         "Size of each task's last checkpoint written to the state topic.",
+    ),
+    (
+        "cep_state_bytes",
+        "gauge",
+        "Size of each task's chain in the state topic (what a restore reads).",
     ),
 ];
 

@@ -8,9 +8,12 @@
 //! their pattern's sinks.
 //!
 //! Every output is entered in the [`Ledger`] before it leaves. On a timer
-//! the pipeline snapshots the engine with the next offset of every
-//! partition; once the ledger says everything before the snapshot is
-//! acknowledged, the checkpoint is written and its offsets committed.
+//! each task cuts a checkpoint (whole, or the keys changed since its last
+//! one) with the next offset of each of its partitions; once the ledger
+//! says everything before the cut is acknowledged, the checkpoint is added
+//! to the state topic and its offsets committed. A task writes one
+//! checkpoint at a time, in order: an increment is only meaningful on the
+//! chain before it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -27,14 +30,14 @@ use crate::compiler::Automaton;
 use crate::config::{KafkaSection, LatePolicy};
 use crate::deadletter::{DeadLetter, Origin};
 use crate::engine::EngineConfig;
-use crate::service::checkpoint::{Checkpoint, Store};
+use crate::service::checkpoint::{Cut, Store};
 use crate::service::durable;
 use crate::service::ledger::Ledger;
 use crate::service::metrics::{Counter, Metrics};
 use crate::service::sink::kafka::{Outgoing, Producer};
 use crate::service::sink::{AlertOut, Delivery, Sink};
 use crate::service::source::{self, Rebalance, Revoked, Source};
-use crate::service::state::StateTopic;
+use crate::service::state::{Chain, StateTopic};
 use crate::service::task::{Incoming, Task, TaskConfig};
 
 /// Shared with the HTTP endpoints.
@@ -58,7 +61,7 @@ pub struct Parts {
     pub ledger: Ledger,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    /// Where task checkpoints are cached on disk.
+    /// Where checkpoints of earlier versions were kept.
     pub state_dir: std::path::PathBuf,
     /// Where task checkpoints are kept (see [`crate::service::state`]).
     pub state: StateTopic,
@@ -80,14 +83,41 @@ pub enum Command {
 /// A task and the writing of its checkpoints.
 struct Slot {
     task: Task,
-    /// The local cache of the task's checkpoint.
-    store: Store,
     /// The number of the task's last checkpoint.
     seq: u64,
-    /// Snapshot waiting for its outputs: (ledger high mark, checkpoint).
-    pending: Option<(u64, Checkpoint)>,
-    /// The checkpoint being written, if any (one at a time, in order).
-    writing: Option<JoinHandle<bool>>,
+    /// The task's state in the state topic (while no write is in flight).
+    chain: Chain,
+    /// The next checkpoint must be whole: the pattern set changed, so
+    /// changes would not apply to the chain's patterns.
+    whole_next: bool,
+    /// Cut waiting for its outputs: (ledger high mark, cut).
+    pending: Option<(u64, Cut)>,
+    /// The checkpoint being written, if any: whether it was committed,
+    /// and the chain after it.
+    writing: Option<JoinHandle<(bool, Chain)>>,
+}
+
+impl Slot {
+    /// Cuts the task's next checkpoint: whole when the chain or the
+    /// pattern set asks for it, else the changes since the last one.
+    fn cut(&mut self, group: &str, whole: bool) -> Cut {
+        let whole = whole || self.whole_next || self.chain.wants_whole();
+        self.whole_next &= !whole;
+        self.seq += 1;
+        let mut c = self.task.cut(group, whole);
+        c.set_seq(self.seq);
+        c
+    }
+
+    /// Takes back the chain of a finished write.
+    async fn finish_write(&mut self) -> bool {
+        let Some(w) = self.writing.take() else {
+            return true;
+        };
+        let (ok, chain) = w.await.unwrap_or((false, Chain::default()));
+        self.chain = chain;
+        ok
+    }
 }
 
 pub struct Pipeline {
@@ -167,6 +197,7 @@ impl Pipeline {
                 let mut fresh = BTreeSet::new();
                 for slot in self.tasks.values_mut() {
                     fresh.extend(slot.task.swap_patterns(automata.clone()));
+                    slot.whole_next = true;
                 }
                 let fresh: Vec<String> = fresh.into_iter().collect();
                 self.p.automata = automata;
@@ -212,18 +243,19 @@ impl Pipeline {
             }
             let now = self.now();
             for (id, parts) in by_task {
-                let store = Store::new(&self.p.state_dir, &self.p.kafka.group_id, id);
-                let checkpoint = restore.remove(&id);
-                let seq = checkpoint.as_ref().map_or(0, |c| c.seq);
+                let resume = restore.remove(&id).unwrap_or_default();
                 let mut task = Task::new(self.p.automata.clone(), self.task_config.clone());
-                let fresh = task.assign(&parts, checkpoint, now);
+                let fresh = task.assign(&parts, resume.checkpoint, now);
                 if !fresh.is_empty() {
                     tracing::warn!(task = id, patterns = ?fresh, "patterns changed since the checkpoint start afresh");
                 }
+                // The first checkpoint of a new owner is whole (see
+                // `crate::service::state`, "Crashes").
                 let slot = Slot {
                     task,
-                    store,
-                    seq,
+                    seq: resume.last_seq,
+                    chain: resume.chain,
+                    whole_next: true,
                     pending: None,
                     writing: None,
                 };
@@ -382,7 +414,7 @@ impl Pipeline {
             topic,
             partition: None,
             key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().unwrap_or_default().to_vec(),
+            payload: m.payload().map(<[u8]>::to_vec),
             headers,
         };
         let origin = Origin::Kafka {
@@ -408,7 +440,8 @@ impl Pipeline {
             if let Err(refusal) = delivery.await {
                 let mut reasons = reasons;
                 reasons.push(format!("kafka refused it for {}: {refusal}", msg.topic));
-                let letter = DeadLetter::new(origin, &msg.payload, reasons);
+                let letter =
+                    DeadLetter::new(origin, msg.payload.as_deref().unwrap_or_default(), reasons);
                 fallback_write(fallback, &msg.topic, letter).await;
             }
             ledger.settle(ticket);
@@ -442,20 +475,17 @@ impl Pipeline {
         let sink = self.sink();
         for (id, slot) in self.tasks.iter_mut() {
             if slot.writing.as_ref().is_some_and(|w| w.is_finished()) {
-                slot.writing = None;
+                slot.finish_write().await;
             }
             if let Some((mark, _)) = &slot.pending {
                 if slot.writing.is_none() && ledger.settled_through(*mark) {
                     let (_, c) = slot.pending.take().expect("pending");
-                    let to = (*id, slot.store.clone());
-                    slot.writing = Some(persist(sink.clone(), to, consumer, c, false));
+                    let chain = std::mem::take(&mut slot.chain);
+                    slot.writing = Some(persist(sink.clone(), *id, consumer, c, chain, false));
                 }
             }
-            if slot.pending.is_none() && due {
-                slot.seq += 1;
-                let mut c = slot.task.checkpoint(&group);
-                c.seq = slot.seq;
-                slot.pending = Some((ledger.high(), c));
+            if slot.pending.is_none() && slot.writing.is_none() && due {
+                slot.pending = Some((ledger.high(), slot.cut(&group, false)));
             }
         }
     }
@@ -537,16 +567,13 @@ impl Pipeline {
         self.p.health.ready.store(false, Ordering::SeqCst);
         let deadline = self.p.shutdown_timeout;
         let group = self.p.kafka.group_id.clone();
-        let finals: Vec<Checkpoint> = self
-            .tasks
-            .values_mut()
-            .map(|s| {
-                s.seq += 1;
-                let mut c = s.task.checkpoint(&group);
-                c.seq = s.seq;
-                c
-            })
-            .collect();
+        let mut finals: Vec<Cut> = Vec::new();
+        for s in self.tasks.values_mut() {
+            s.finish_write().await;
+            // A pending increment is dropped, so the final one must be whole.
+            let whole = s.pending.take().is_some();
+            finals.push(s.cut(&group, whole));
+        }
         let high = self.p.ledger.high();
         let flushed = tokio::time::timeout(deadline, self.p.ledger.wait_through(high))
             .await
@@ -555,14 +582,9 @@ impl Pipeline {
         if flushed {
             let sink = self.sink();
             for ((id, slot), c) in self.tasks.iter_mut().zip(finals) {
-                if let Some(w) = slot.writing.take() {
-                    let _ = w.await;
-                }
-                let to = (*id, slot.store.clone());
-                if !persist(sink.clone(), to, &consumer, c, true)
-                    .await
-                    .unwrap_or(false)
-                {
+                let chain = std::mem::take(&mut slot.chain);
+                slot.writing = Some(persist(sink.clone(), *id, &consumer, c, chain, true));
+                if !slot.finish_write().await {
                     result = Err("a final checkpoint failed".to_string());
                 }
             }
@@ -593,47 +615,48 @@ struct CheckpointSink {
     metrics: Arc<Metrics>,
 }
 
-/// Writes task `to.0`'s checkpoint to the state topic, then to its local
-/// cache, then commits its offsets: off the pipeline's thread (serialising
-/// and fsync must not stall the records). `false` when any step failed:
-/// the offsets then stay where they were.
+/// Adds `cut` to `task`'s chain in the state topic, then commits its
+/// offsets: off the pipeline's thread (serialising must not stall the
+/// records). Returns whether both happened (else the offsets stay where
+/// they were) and the chain to continue from.
 fn persist(
     sink: CheckpointSink,
-    to: (i32, Store),
+    task: i32,
     consumer: &Arc<Source>,
-    c: Checkpoint,
+    cut: Cut,
+    chain: Chain,
     sync: bool,
-) -> JoinHandle<bool> {
+) -> JoinHandle<(bool, Chain)> {
     let consumer = consumer.clone();
-    let (task, store) = to;
     tokio::spawn(async move {
-        let c = Arc::new(c);
-        let c2 = c.clone();
-        let bytes = match tokio::task::spawn_blocking(move || serde_json::to_vec(&*c2)).await {
-            Ok(Ok(b)) => Arc::new(b),
-            _ => return false,
+        let cut = Arc::new(cut);
+        let c2 = cut.clone();
+        let Ok(bytes) = tokio::task::spawn_blocking(move || c2.to_bytes()).await else {
+            return (false, Chain::default());
         };
-        if let Err(e) = sink.state.save(task, c.seq, &bytes).await {
-            tracing::error!(task, error = %e, "checkpoint not written to the state topic");
-            return false;
-        }
-        let (b, s) = (bytes.clone(), store.clone());
-        if let Err(e) = durable::blocking(move || s.save(&b)).await {
-            // Only the cache: the state topic has it.
-            tracing::warn!(error = %e, path = %store.path().display(), "checkpoint cache not written");
-        }
-        let offsets = c.offsets.clone();
+        let whole = matches!(*cut, Cut::Whole(_));
+        let chain = match sink.state.save(task, cut.seq(), whole, &bytes, chain).await {
+            Ok(chain) => chain,
+            Err((e, chain)) => {
+                tracing::error!(task, error = %e, "checkpoint not written to the state topic");
+                return (false, chain);
+            }
+        };
+        let offsets = cut.offsets().clone();
         let commit = tokio::task::spawn_blocking(move || source::commit(&consumer, &offsets, sync));
         if let Ok(Err(e)) | Err(e) = commit.await.map_err(|e| e.to_string()) {
             tracing::warn!(error = %e, "offset commit failed");
-            return false;
+            return (false, chain);
         }
-        sink.metrics.inc("cep_checkpoints_total", &[]);
+        let kind = if whole { "whole" } else { "changes" };
+        sink.metrics.inc("cep_checkpoints_total", &[("kind", kind)]);
         let task = task.to_string();
         let l = [("task", task.as_str())];
         sink.metrics
             .set("cep_checkpoint_bytes", &l, bytes.len() as f64);
-        true
+        sink.metrics
+            .set("cep_state_bytes", &l, chain.bytes() as f64);
+        (true, chain)
     })
 }
 

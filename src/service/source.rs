@@ -26,9 +26,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use crate::config::KafkaSection;
-use crate::service::checkpoint::{partition_name, Checkpoint, Store};
+use crate::service::checkpoint::{partition_name, Checkpoint, Increment, Store};
 use crate::service::metrics::Metrics;
-use crate::service::state;
+use crate::service::state::{self, Chain};
 
 /// A change of assignment, for the pipeline to act on before its next
 /// record.
@@ -36,13 +36,23 @@ use crate::service::state;
 pub enum Rebalance {
     Assigned {
         partitions: Vec<(String, i32)>,
-        /// Per task (partition number): the checkpoint its partitions were
-        /// positioned at, if any.
-        restore: BTreeMap<i32, Checkpoint>,
+        /// Per task (partition number): where it resumes.
+        restore: BTreeMap<i32, Resume>,
         /// Checkpoints that could not be read.
         errors: Vec<String>,
     },
     Revoked(Revoked),
+}
+
+/// Where a newly assigned task resumes.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// The checkpoint its partitions were positioned at, if any.
+    pub checkpoint: Option<Checkpoint>,
+    /// Its state in the state topic, for its first checkpoint to replace.
+    pub chain: Chain,
+    /// The highest checkpoint number in the state topic for the task.
+    pub last_seq: u64,
 }
 
 /// What a revocation takes away.
@@ -78,16 +88,37 @@ impl Context {
         std::mem::take(&mut *self.events.lock().expect("rebalance lock"))
     }
 
-    /// A task's last checkpoint: the state topic's, or, when it has none
-    /// for the task (a group from before the state topic), the local file.
-    fn last_checkpoint(&self, task: i32) -> Result<Option<Checkpoint>, String> {
-        if let Some((seq, bytes)) = state::load(&self.kafka, task)? {
-            let mut c: Checkpoint = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("state topic, task {task}: not a checkpoint: {e}"))?;
-            c.seq = seq;
-            return Ok(Some(c));
+    /// Where a task resumes: the state topic's checkpoint (its whole
+    /// checkpoint with the increments after it applied), or, when the topic
+    /// has none for the task (a group from before the state topic), the
+    /// local file.
+    fn last_checkpoint(&self, task: i32) -> Result<Resume, String> {
+        let Some(loaded) = state::load(&self.kafka, task)? else {
+            let checkpoint = Store::new(&self.state_dir, &self.kafka.group_id, task).load()?;
+            let last_seq = checkpoint.as_ref().map_or(0, |c| c.seq);
+            return Ok(Resume {
+                checkpoint,
+                chain: Chain::default(),
+                last_seq,
+            });
+        };
+        let bad = |e: String| format!("state topic, task {task}: {e}");
+        let mut parts = loaded.parts.into_iter();
+        let (seq, whole) = parts.next().expect("a chain starts whole");
+        let mut c: Checkpoint =
+            serde_json::from_slice(&whole).map_err(|e| bad(format!("not a checkpoint: {e}")))?;
+        c.seq = seq;
+        for (seq, bytes) in parts {
+            let mut i: Increment = serde_json::from_slice(&bytes)
+                .map_err(|e| bad(format!("not an increment: {e}")))?;
+            i.seq = seq;
+            c.apply(i).map_err(bad)?;
         }
-        Store::new(&self.state_dir, &self.kafka.group_id, task).load()
+        Ok(Resume {
+            checkpoint: Some(c),
+            chain: Chain::replacing(loaded.records),
+            last_seq: loaded.last_seq,
+        })
     }
 
     /// Positions newly assigned partitions at their tasks' checkpoints and
@@ -111,14 +142,16 @@ impl Context {
         let mut errors = Vec::new();
         for (task, names) in tasks {
             match self.last_checkpoint(task) {
-                Ok(Some(c)) if c.partitions == names => {
-                    restore.insert(task, c);
+                Ok(mut r) => {
+                    if r.checkpoint.as_ref().is_some_and(|c| c.partitions != names) {
+                        tracing::warn!(
+                            task,
+                            "the task's checkpoint covers other partitions than assigned: starting it from committed offsets"
+                        );
+                        r.checkpoint = None;
+                    }
+                    restore.insert(task, r);
                 }
-                Ok(Some(_)) => tracing::warn!(
-                    task,
-                    "the task's checkpoint covers other partitions than assigned: starting it from committed offsets"
-                ),
-                Ok(None) => {}
                 // Not fatal here (a callback cannot fail), but the pipeline
                 // stops on it: starting afresh would lose partial matches.
                 Err(e) => {
@@ -130,6 +163,7 @@ impl Context {
         for (t, p) in &partitions {
             let at = restore
                 .get(p)
+                .and_then(|r| r.checkpoint.as_ref())
                 .and_then(|c| c.offsets.get(&partition_name(t, *p)));
             if let Some(&off) = at {
                 let _ = tpl.set_partition_offset(t, *p, Offset::Offset(off));
@@ -146,7 +180,11 @@ impl Context {
         self.metrics.inc("cep_rebalances_total", &[]);
         tracing::info!(
             ?partitions,
-            restored_tasks = ?restore.keys().collect::<Vec<_>>(),
+            restored_tasks = ?restore
+                .iter()
+                .filter(|(_, r)| r.checkpoint.is_some())
+                .map(|(t, _)| t)
+                .collect::<Vec<_>>(),
             "partitions assigned"
         );
         self.events

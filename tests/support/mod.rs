@@ -44,6 +44,23 @@ pub fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// The offsets `group` has committed for `topic`'s partitions `0..n`
+/// (`-1`: none).
+pub fn committed(brokers: &str, group: &str, topic: &str, n: i32) -> Vec<i64> {
+    let c: BaseConsumer = client(brokers).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..n {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..n)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
 /// A record to produce: partition, key, value.
 pub struct Out<'a> {
     pub partition: Option<i32>,

@@ -23,7 +23,8 @@ pub struct Outgoing {
     /// `None`: the partitioner picks (by key).
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    /// `None`: a tombstone (a null value, which compaction deletes).
+    pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -78,9 +79,10 @@ impl Producer {
                 value: Some(v),
             });
         }
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&msg.topic)
-            .payload(msg.payload.as_slice())
-            .headers(headers);
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&msg.topic).headers(headers);
+        if let Some(p) = &msg.payload {
+            rec = rec.payload(p.as_slice());
+        }
         if let Some(k) = &msg.key {
             rec = rec.key(k.as_slice());
         }

@@ -221,7 +221,7 @@ pub fn alert_record(topic: &str, a: &AlertOut) -> Outgoing {
         topic: topic.to_string(),
         partition: None,
         key: Some(a.key.as_bytes().to_vec()),
-        payload: a.body.clone(),
+        payload: Some(a.body.clone()),
         headers: vec![
             ("cep-pattern".into(), a.pattern.as_bytes().to_vec()),
             (
