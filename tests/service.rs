@@ -368,6 +368,101 @@ fn partitions_out_of_order_and_an_idle_partition() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two topics feed one stream, so one task holds a partition of each; the
+/// consumer fetches them in turns (small fetches), and every partition looks
+/// silent far longer than the idle timeout while the other's batch is
+/// matched. Records waiting in a partition (the consumer's lag) keep it
+/// from being judged idle: not one in-order event is declared late, and
+/// the alerts are a replay's.
+#[test]
+fn a_stalled_partition_with_waiting_records_gets_no_late_events() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    for t in ["cards-a", "cards-b"] {
+        create_topic(&b, t, 1);
+    }
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("stalled");
+    let (events, last) = card_lines(20_000, 100, 11);
+    let topic_of = |e: &serde_json::Value| {
+        let id = card_of(e);
+        if id[1..].parse::<u32>().unwrap() % 2 == 0 {
+            "cards-a"
+        } else {
+            "cards-b"
+        }
+    };
+    let mut all = Vec::new();
+    for t in ["cards-a", "cards-b"] {
+        let mut lines: Vec<Vec<u8>> = events
+            .iter()
+            .filter(|e| topic_of(e) == t)
+            .map(|e| serde_json::to_vec(e).unwrap())
+            .collect();
+        lines.push(sentinel(if t == "cards-a" { 0 } else { 1 }, last));
+        let out: Vec<Out> = lines
+            .iter()
+            .map(|l| Out {
+                partition: Some(0),
+                key: None,
+                value: l,
+            })
+            .collect();
+        produce(&b, t, &out);
+        all.extend(lines);
+    }
+    write_jsonl(&dir.join("events.jsonl"), &all);
+    let patterns = repo("patterns/fraud");
+    let want = replay(&patterns, &dir.join("events.jsonl"), "10000h");
+    assert!(want.len() > 20, "{} alerts", want.len());
+
+    let cfg = format!(
+        r#"
+[engine]
+lateness = "0s"
+
+[serve]
+patterns = "{patterns}"
+checkpoint_interval = "300ms"
+listen = "127.0.0.1:{{HTTP}}"
+default_sinks = ["alerts"]
+
+[kafka]
+brokers = "{b}"
+group_id = "cep-stalled"
+idle_timeout = "1ms"
+# Small fetches: the consumer hands over one partition's records at a time.
+options = {{ "max.partition.fetch.bytes" = "4096" }}
+
+[[kafka.inputs]]
+topic = "cards-a"
+stream = "cards"
+
+[[kafka.inputs]]
+topic = "cards-b"
+stream = "cards"
+
+[sinks.alerts]
+type = "kafka"
+topic = "alerts"
+"#,
+        patterns = patterns.display()
+    );
+    let mut serve = Serve::start(&dir, &cfg);
+    serve.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(90), |g| {
+        g.len() >= want.len()
+    });
+    let t0 = Instant::now();
+    while serve.metric("cep_events_in_total", "") < all.len() as f64 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", serve.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(serve.metric("cep_late_events_total", ""), 0.0);
+    assert_eq!(ids(&alerts_by_id(&got)), ids(&want), "\n{}", serve.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn malformed_records_go_to_the_dead_letter_topic_and_late_ones_to_the_late_topic() {
     let broker = Broker::start();

@@ -225,10 +225,15 @@ impl ClientContext for Context {
                 // (before the first, beyond the committed offset).
                 let waiting = if part.app_offset >= 0 {
                     part.hi_offset > part.app_offset
-                } else {
+                } else if part.consumer_lag >= 0 {
                     part.consumer_lag > 0
+                } else {
+                    // Nothing read, nothing committed: from the earliest.
+                    part.hi_offset > part.lo_offset
                 };
-                if *p >= 0 {
+                // A partition not fetched yet (no high offset) stays as
+                // it was: unknown, hence waiting.
+                if *p >= 0 && part.hi_offset >= 0 {
                     backlog.insert(partition_name(topic, *p), waiting);
                 }
                 if *p >= 0 && part.consumer_lag >= 0 {
@@ -315,7 +320,9 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", assignment_strategy(k))
-        .set("statistics.interval.ms", "5000")
+        // Each second: the backlog that keeps a stalled partition from
+        // being judged idle must be fresh.
+        .set("statistics.interval.ms", "1000")
         .set("session.timeout.ms", "10000")
         .set("fetch.wait.max.ms", "10");
     for (key, v) in k.options.iter() {
