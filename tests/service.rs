@@ -1059,3 +1059,116 @@ fn instances_join_die_and_leave_without_losing_or_inventing_alerts() {
     assert!(!dir.join("state-c").join("x").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Payments keyed (and partitioned) by merchant, a pattern keyed by card:
+/// the input repartitions by `card.id` through an internal topic. The
+/// alerts equal a replay's, across a SIGKILL in the middle (the records
+/// re-produced after it are read again and skipped).
+#[test]
+fn a_repartitioned_pattern_gives_the_same_alerts_as_replay() {
+    use cep::service::repartition::partition_of;
+
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "payments", 3);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("repartition");
+    let (events, last) = card_lines(12_000, 200, 5);
+    // By merchant: a card's charges spread over every partition.
+    let by_merchant = |e: &serde_json::Value| -> i32 {
+        let m = e["merchant"].as_str().unwrap();
+        (m.bytes().map(u32::from).sum::<u32>() % 3) as i32
+    };
+    let lines: Vec<(i32, Vec<u8>)> = events
+        .iter()
+        .map(|e| (by_merchant(e), serde_json::to_vec(e).unwrap()))
+        .collect();
+    let spread: BTreeSet<i32> = events
+        .iter()
+        .filter(|e| card_of(e) == card_of(&events[0]))
+        .map(by_merchant)
+        .collect();
+    assert!(spread.len() > 1, "a card's events in several partitions");
+    // Far-future events from every source partition to every internal
+    // partition: every clock passes the data.
+    let mut ends = Vec::new();
+    for p in 0..3 {
+        for r in 0..3 {
+            let key = (0..)
+                .map(|j| format!("~end-{p}-{j}"))
+                .find(|k| partition_of(k, 3) == r)
+                .unwrap();
+            let mut v: serde_json::Value = serde_json::from_slice(&sentinel(0, last)).unwrap();
+            v["card"]["id"] = key.into();
+            ends.push((p, serde_json::to_vec(&v).unwrap()));
+        }
+    }
+    let all: Vec<Vec<u8>> = lines.iter().chain(&ends).map(|(_, v)| v.clone()).collect();
+    write_jsonl(&dir.join("events.jsonl"), &all);
+    let patterns = dir.join("patterns");
+    std::fs::create_dir_all(&patterns).unwrap();
+    std::fs::copy(
+        repo("patterns/fraud/small_then_large.cep"),
+        patterns.join("small_then_large.cep"),
+    )
+    .unwrap();
+    let want = replay(&patterns, &dir.join("events.jsonl"), "10000h");
+    assert!(want.len() > 20, "{} alerts", want.len());
+
+    let send = |records: &[(i32, Vec<u8>)]| {
+        let out: Vec<Out> = records
+            .iter()
+            .map(|(p, v)| Out {
+                partition: Some(*p),
+                key: None,
+                value: v,
+            })
+            .collect();
+        produce(&b, "payments", &out);
+    };
+    let cfg = config(&b, &patterns, "", "0s").replace(
+        "topic = \"cards\"\n# The tests produce each card's events to one partition.\npartitioned_by = \"card.id\"",
+        "topic = \"payments\"\nstream = \"cards\"\nrepartition_by = \"card.id\"",
+    );
+    assert!(cfg.contains("repartition_by"), "{cfg}");
+    let half = lines.len() / 2;
+    send(&lines[..half]);
+    let mut first = Serve::start(&dir, &cfg);
+    first.wait_ready(Duration::from_secs(60));
+    let t0 = Instant::now();
+    while first.metric(
+        "cep_events_in_total",
+        "topic=\"cep-repartition-cep-test-payments\"",
+    ) < half as f64
+        || first.metric("cep_checkpoints_total", "kind=\"changes\"") < 3.0
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "{}", first.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.signal("-KILL");
+    first.wait(Duration::from_secs(30));
+    drop(first);
+    send(&lines[half..]);
+    send(&ends);
+    let mut second = Serve::start(&dir, &cfg);
+    second.wait_ready(Duration::from_secs(60));
+    let got = consume_until(&b, "alerts", Duration::from_secs(90), |g| {
+        ids(&alerts_by_id(g)).len() >= want.len()
+    });
+    let got_by_id = alerts_by_id(&got);
+    let (g, w) = (ids(&got_by_id), ids(&want));
+    assert_eq!(
+        g,
+        w,
+        "{} missing, {} spurious, of {}; metrics:\n{}",
+        w.difference(&g).count(),
+        g.difference(&w).count(),
+        w.len(),
+        second.get("/metrics").map(|m| m.1).unwrap_or_default()
+    );
+    for (id, a) in &want {
+        assert_eq!(&got_by_id[id]["fields"], &a["fields"], "{id}");
+    }
+    assert_eq!(second.metric("cep_late_events_total", ""), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

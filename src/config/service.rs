@@ -196,6 +196,18 @@ pub struct InputConfig {
     /// start (and the API refuses the pattern). Not needed with
     /// `key = "message"` or a topic of one partition.
     pub partitioned_by: Option<FieldPaths>,
+    /// For a topic keyed otherwise than its patterns: the field path(s) to
+    /// re-key it by. The service re-produces each record, unchanged, into
+    /// the internal topic `cep-repartition-<group_id>-<topic>` in the
+    /// partition its key picks, and matches from there; every pattern
+    /// reading the stream must then be keyed by exactly these fields. Costs
+    /// one more write and read of every record. Needs `key = "fields"`;
+    /// not with `partitioned_by`.
+    pub repartition_by: Option<FieldPaths>,
+    /// Set by the service on the input it reads in place of a repartitioned
+    /// one: the source topic and its number of partitions.
+    #[serde(skip)]
+    pub repartitioned_from: Option<(String, i32)>,
 }
 
 /// One dotted field path or a list of them.

@@ -52,6 +52,10 @@ pub struct Checkpoint {
     /// `topic/partition` → the next offset to read, for each partition read
     /// from (the others start at their committed offset).
     pub offsets: BTreeMap<String, i64>,
+    /// For repartitioned inputs: per `<partition>@<source partition>`, the
+    /// highest source offset matched (see [`crate::service::repartition`]).
+    #[serde(default)]
+    pub origins: BTreeMap<String, i64>,
     /// Per stream: each partition's newest event time.
     pub clocks: BTreeMap<String, PartitionClocks>,
     pub engine: Snapshot,
@@ -67,6 +71,8 @@ pub struct Increment {
     pub seq: u64,
     pub partitions: BTreeSet<String>,
     pub offsets: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub origins: BTreeMap<String, i64>,
     pub clocks: BTreeMap<String, PartitionClocks>,
     pub engine: Changes,
 }
@@ -129,6 +135,7 @@ impl Checkpoint {
         self.engine.apply(i.engine)?;
         self.seq = i.seq;
         self.offsets = i.offsets;
+        self.origins = i.origins;
         self.clocks = i.clocks;
         Ok(())
     }
@@ -215,6 +222,7 @@ mod tests {
             group: "my group".into(),
             partitions: [partition_name("t", 0)].into(),
             offsets: [(partition_name("t", 0), 42)].into(),
+            origins: BTreeMap::new(),
             clocks: BTreeMap::new(),
             engine,
         };

@@ -19,6 +19,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Records dead-lettered as malformed, per topic.",
     ),
     (
+        "cep_repartition_repeats_total",
+        "counter",
+        "Re-produced records of a repartitioned input read again and skipped, per internal topic.",
+    ),
+    (
         "cep_late_events_total",
         "counter",
         "Events older than their partition's watermark, per stream.",

@@ -4,7 +4,8 @@
 //! the cluster (TLS, SASL, the start-up check), the Kafka [`source`] (a
 //! consumer group over the configured input topics), the [`task`]s (one per
 //! input partition number: what a record means, its own engine and
-//! event-time clock; no Kafka types), the [`pipeline`] that feeds them and
+//! event-time clock; no Kafka types), [`repartition`]ing of topics keyed
+//! otherwise than their patterns, the [`pipeline`] that feeds them and
 //! sends what they produce, the [`sink`]s alerts go to (Kafka topics,
 //! webhooks, stdout, files), [`checkpoint`]s that tie a task's state to its
 //! input offsets, kept in the group's [`state`] topic so that they move
@@ -31,6 +32,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod produce;
 pub mod registry;
+pub mod repartition;
 pub mod sink;
 pub mod source;
 pub mod state;
@@ -202,7 +204,7 @@ pub async fn serve_with(
 async fn connect_parts(
     config: &Config,
     registry: &registry::Registry,
-    kafka: crate::config::KafkaSection,
+    mut kafka: crate::config::KafkaSection,
     automata: Vec<Automaton>,
     commands: tokio::sync::mpsc::Receiver<pipeline::Command>,
     engine: crate::engine::EngineConfig,
@@ -212,7 +214,26 @@ async fn connect_parts(
     // Each partition number is a task of its own: refuse patterns whose
     // keys the inputs' partitioning would spread over tasks, now and in
     // every later change over the API.
-    let counts = connect::partition_counts(&kafka).await?;
+    let mut counts = connect::partition_counts(&kafka).await?;
+    // Repartitioned inputs: tasks read their internal topics instead.
+    let plan = repartition::plan(&kafka, &counts)?;
+    for route in plan.routes.values() {
+        produce::create_topic_configured(&kafka, &route.internal, route.partitions, &[]).await?;
+        let have = connect::partition_counts_of(&kafka, std::slice::from_ref(&route.internal))
+            .await?
+            .get(&route.internal)
+            .copied()
+            .unwrap_or(0);
+        if have != route.partitions {
+            return Err(format!(
+                "repartitioning: {} has {have} partitions, the inputs need {}: delete it (it is rebuilt from the source topic) or give the group a new group_id",
+                route.internal, route.partitions
+            ));
+        }
+        counts.insert(route.internal.clone(), route.partitions);
+    }
+    let sources: Vec<String> = plan.routes.keys().cloned().collect();
+    kafka.inputs = plan.inputs;
     task::check_partitioning(&kafka.inputs, &automata, &counts)?;
     let tasks = counts.values().copied().max().unwrap_or(1).max(1);
     let state_topic = state::ensure(&kafka, tasks).await?;
@@ -258,7 +279,7 @@ async fn connect_parts(
         .collect();
     let default_route = route(&serve.default_sinks);
 
-    let consumer = source::consumer(&kafka, &serve.state_dir, metrics.clone())?;
+    let consumer = source::consumer(&kafka, &sources, &serve.state_dir, metrics.clone())?;
     let state = state::StateTopic::new(state_topic, producer.clone(), metrics.sink("state"));
     let pipeline = Pipeline::new(Parts {
         automata,
@@ -277,6 +298,7 @@ async fn connect_parts(
         state,
         checkpoint_interval: serve.checkpoint_interval.0,
         shutdown_timeout: serve.shutdown_timeout.0,
+        repartition: plan.routes,
     });
     Ok((pipeline, consumer))
 }

@@ -30,10 +30,12 @@ use crate::compiler::Automaton;
 use crate::config::{KafkaSection, LatePolicy};
 use crate::deadletter::{DeadLetter, Origin};
 use crate::engine::EngineConfig;
+use crate::service::checkpoint::partition_name;
 use crate::service::checkpoint::{Cut, Store};
 use crate::service::durable;
 use crate::service::ledger::Ledger;
 use crate::service::metrics::{Counter, Metrics};
+use crate::service::repartition::{self, Route};
 use crate::service::sink::kafka::{Outgoing, Producer};
 use crate::service::sink::{AlertOut, Delivery, Sink};
 use crate::service::source::{self, Rebalance, Revoked, Source};
@@ -68,6 +70,17 @@ pub struct Parts {
     pub checkpoint_interval: Duration,
     pub shutdown_timeout: Duration,
     pub fallback_dead_letter: std::path::PathBuf,
+    /// Source topic → where its records are re-produced (see
+    /// [`crate::service::repartition`]).
+    pub repartition: HashMap<String, Route>,
+}
+
+/// Where the copy of a record goes.
+struct Destination {
+    topic: String,
+    /// `None`: the partitioner picks.
+    partition: Option<i32>,
+    key: Option<Vec<u8>>,
 }
 
 /// A change to the running pattern set.
@@ -130,6 +143,14 @@ pub struct Pipeline {
     started: Instant,
     side_slots: Arc<tokio::sync::Semaphore>,
     alert_counters: HashMap<String, (Counter, Counter)>,
+    /// Internal topics of repartitioned inputs (their records carry their
+    /// origin).
+    internal: BTreeSet<String>,
+    /// Source topics: `topic/partition` → next offset re-produced.
+    source_offsets: BTreeMap<String, i64>,
+    /// Source offsets waiting for their records' acknowledgements: (ledger
+    /// high mark, offsets).
+    source_pending: Option<(u64, BTreeMap<String, i64>)>,
 }
 
 impl Pipeline {
@@ -151,6 +172,9 @@ impl Pipeline {
             started: Instant::now(),
             side_slots: Arc::new(tokio::sync::Semaphore::new(10_000)),
             alert_counters: HashMap::new(),
+            internal: p.repartition.values().map(|r| r.internal.clone()).collect(),
+            source_offsets: BTreeMap::new(),
+            source_pending: None,
             p,
         }
     }
@@ -216,10 +240,18 @@ impl Pipeline {
             let (partitions, mut restore, errors) = match r {
                 Rebalance::Revoked(revoked) => {
                     match revoked {
-                        Revoked::All => self.tasks.clear(),
+                        Revoked::All => {
+                            self.tasks.clear();
+                            self.source_offsets.clear();
+                            self.source_pending = None;
+                        }
                         Revoked::Some(parts) => {
-                            for (_, p) in parts {
-                                self.tasks.remove(&p);
+                            for (t, p) in parts {
+                                if self.p.repartition.contains_key(&t) {
+                                    self.source_offsets.remove(&partition_name(&t, p));
+                                } else {
+                                    self.tasks.remove(&p);
+                                }
                             }
                         }
                     }
@@ -239,7 +271,10 @@ impl Pipeline {
             }
             let mut by_task: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
             for (t, p) in partitions {
-                by_task.entry(p).or_default().push((t, p));
+                // A source topic's partitions are only re-produced.
+                if !self.p.repartition.contains_key(&t) {
+                    by_task.entry(p).or_default().push((t, p));
+                }
             }
             let now = self.now();
             for (id, parts) in by_task {
@@ -268,6 +303,21 @@ impl Pipeline {
     }
 
     async fn handle(&mut self, m: &BorrowedMessage<'_>) {
+        if let Some(route) = self.p.repartition.get(m.topic()) {
+            let route = route.clone();
+            return self.repartition(m, &route).await;
+        }
+        let origin = if self.internal.contains(m.topic()) {
+            m.headers().and_then(|h| {
+                let pairs: Vec<(&str, &[u8])> = h
+                    .iter()
+                    .map(|h| (h.key, h.value.unwrap_or_default()))
+                    .collect();
+                repartition::origin(&pairs)
+            })
+        } else {
+            None
+        };
         let rec = Incoming {
             topic: m.topic(),
             partition: m.partition(),
@@ -275,6 +325,7 @@ impl Pipeline {
             key: m.key(),
             value: m.payload(),
             timestamp: m.timestamp().to_millis(),
+            origin,
         };
         let now = self.now();
         let Some(slot) = self.tasks.get_mut(&rec.partition) else {
@@ -288,9 +339,10 @@ impl Pipeline {
             if self.p.kafka.late_events == LatePolicy::Topic {
                 let (t, w) = (t.to_string(), w.to_string());
                 let why = format!("late: event time {t} is before the watermark {w}");
+                let to = self.copy_to(m, self.p.kafka.late_topic.clone());
                 self.side_output(
                     m,
-                    self.p.kafka.late_topic.clone(),
+                    to,
                     &[
                         ("cep-event-time", t.as_bytes()),
                         ("cep-watermark", w.as_bytes()),
@@ -301,6 +353,26 @@ impl Pipeline {
             }
         }
         self.dispatch(Some(rec.partition)).await;
+    }
+
+    /// Re-produces a record of a source topic into its internal topic, in
+    /// the partition of its key (or dead-letters it when it has none).
+    async fn repartition(&mut self, m: &BorrowedMessage<'_>, route: &Route) {
+        let name = partition_name(m.topic(), m.partition());
+        self.source_offsets.insert(name, m.offset() + 1);
+        let value = m.payload().unwrap_or_default();
+        match repartition::key_of(value, &route.paths) {
+            Err(why) => self.dead_letter(m, vec![why]).await,
+            Ok(key) => {
+                let to = Destination {
+                    topic: route.internal.clone(),
+                    partition: Some(repartition::partition_of(&key, route.partitions)),
+                    key: Some(key.into_bytes()),
+                };
+                let why = format!("repartitioning to {}", route.internal);
+                self.side_output(m, to, &[], vec![why]).await;
+            }
+        }
     }
 
     /// Sends the alerts of one task (or of every task) to their sinks.
@@ -363,12 +435,12 @@ impl Pipeline {
             ?reasons,
             "dead letter"
         );
-        let topic = self.p.kafka.dead_letter_topic.clone();
+        let to = self.copy_to(m, self.p.kafka.dead_letter_topic.clone());
         let joined = reasons.join("; ");
         let list = serde_json::to_string(&reasons).expect("strings serialise");
         self.side_output(
             m,
-            topic,
+            to,
             &[
                 ("cep-reason", joined.as_bytes()),
                 ("cep-reasons", list.as_bytes()),
@@ -378,13 +450,22 @@ impl Pipeline {
         .await;
     }
 
-    /// Writes a copy of the record, with its origin in headers, to `topic`;
-    /// should Kafka refuse it for good, to the local fallback file with
-    /// `reasons`.
+    /// The same key, whatever partition the partitioner picks in `topic`.
+    fn copy_to(&self, m: &BorrowedMessage<'_>, topic: String) -> Destination {
+        Destination {
+            topic,
+            partition: None,
+            key: m.key().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// Writes a copy of the record (its value and timestamp), with its
+    /// origin in headers, to `to`; should Kafka refuse it for good, to the
+    /// local fallback file with `reasons`.
     async fn side_output(
         &self,
         m: &BorrowedMessage<'_>,
-        topic: String,
+        to: Destination,
         extra: &[(&str, &[u8])],
         reasons: Vec<String>,
     ) {
@@ -411,11 +492,12 @@ impl Pipeline {
             }
         }
         let msg = Outgoing {
-            topic,
-            partition: None,
-            key: m.key().map(<[u8]>::to_vec),
+            topic: to.topic,
+            partition: to.partition,
+            key: to.key,
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
+            timestamp: m.timestamp().to_millis(),
         };
         let origin = Origin::Kafka {
             topic: m.topic().to_string(),
@@ -488,6 +570,26 @@ impl Pipeline {
                 slot.pending = Some((ledger.high(), slot.cut(&group, false)));
             }
         }
+        self.commit_sources(consumer, due);
+    }
+
+    /// Commits the source topics' offsets once every record re-produced
+    /// before them is acknowledged.
+    fn commit_sources(&mut self, consumer: &Arc<Source>, due: bool) {
+        if let Some((mark, _)) = &self.source_pending {
+            if self.p.ledger.settled_through(*mark) {
+                let (_, offsets) = self.source_pending.take().expect("pending");
+                let consumer = consumer.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = source::commit(&consumer, &offsets, false) {
+                        tracing::warn!(error = %e, "source offset commit failed");
+                    }
+                });
+            }
+        }
+        if self.source_pending.is_none() && due && !self.source_offsets.is_empty() {
+            self.source_pending = Some((self.p.ledger.high(), self.source_offsets.clone()));
+        }
     }
 
     fn sink(&self) -> CheckpointSink {
@@ -503,6 +605,9 @@ impl Pipeline {
             let counts = slot.task.take_counts();
             for (t, n) in counts.events_in {
                 m.add("cep_events_in_total", &[("topic", &t)], n as f64);
+            }
+            for (t, n) in counts.repeats {
+                m.add("cep_repartition_repeats_total", &[("topic", &t)], n as f64);
             }
             for (t, n) in counts.decode_errors {
                 m.add("cep_decode_errors_total", &[("topic", &t)], n as f64);
@@ -579,6 +684,14 @@ impl Pipeline {
             .await
             .is_ok();
         let mut result = Ok(());
+        if flushed && !self.source_offsets.is_empty() {
+            let (consumer, offsets) = (consumer.clone(), self.source_offsets.clone());
+            let commit =
+                tokio::task::spawn_blocking(move || source::commit(&consumer, &offsets, true));
+            if let Ok(Err(e)) | Err(e) = commit.await.map_err(|e| e.to_string()) {
+                tracing::warn!(error = %e, "source offset commit failed");
+            }
+        }
         if flushed {
             let sink = self.sink();
             for ((id, slot), c) in self.tasks.iter_mut().zip(finals) {

@@ -135,7 +135,10 @@ impl Context {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         let mut tasks: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
-        for (t, p) in &partitions {
+        // Source topics of repartitioned inputs start at their committed
+        // offsets: they belong to no task.
+        let task_topic = |t: &str| self.kafka.inputs.iter().any(|i| i.topic == t);
+        for (t, p) in partitions.iter().filter(|(t, _)| task_topic(t)) {
             tasks.entry(*p).or_default().insert(partition_name(t, *p));
         }
         let mut restore = BTreeMap::new();
@@ -306,10 +309,12 @@ fn assignment_strategy(k: &KafkaSection) -> &'static str {
     }
 }
 
-/// Creates the consumer and subscribes to every input topic; task
-/// checkpoints are read from `state_dir`.
+/// Creates the consumer and subscribes to every input topic (`k.inputs`,
+/// the tasks' inputs) and to the `sources` of repartitioned ones; task
+/// checkpoints of earlier versions are read from `state_dir`.
 pub fn consumer(
     k: &KafkaSection,
+    sources: &[String],
     state_dir: &std::path::Path,
     metrics: Arc<Metrics>,
 ) -> Result<Source, String> {
@@ -338,7 +343,12 @@ pub fn consumer(
     let consumer: Source = c
         .create_with_context(ctx)
         .map_err(|e| format!("kafka consumer: {e}"))?;
-    let topics: Vec<&str> = k.inputs.iter().map(|i| i.topic.as_str()).collect();
+    let topics: Vec<&str> = k
+        .inputs
+        .iter()
+        .map(|i| i.topic.as_str())
+        .chain(sources.iter().map(String::as_str))
+        .collect();
     consumer
         .subscribe(&topics)
         .map_err(|e| format!("kafka subscribe {topics:?}: {e}"))?;

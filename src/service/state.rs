@@ -183,6 +183,7 @@ impl StateTopic {
             key: Some(key.into_bytes()),
             payload,
             headers: vec![(SEQ_HEADER.into(), seq.to_string().into_bytes())],
+            timestamp: None,
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Incoming<'a> {
     pub value: Option<&'a [u8]>,
     /// The record's timestamp, epoch milliseconds.
     pub timestamp: Option<i64>,
+    /// For a record of a repartitioned input: its source partition and
+    /// offset (see [`crate::service::repartition`]).
+    pub origin: Option<(i32, i64)>,
 }
 
 /// What became of a record besides feeding the engine.
@@ -67,6 +70,11 @@ pub struct TaskConfig {
 struct Part {
     /// `topic/partition`.
     name: Arc<str>,
+    /// Its clock: `name`, or for a record of a repartitioned input
+    /// `name@<source partition>`.
+    clock: Arc<str>,
+    /// Records come from a repartitioned input: their origins are checked.
+    repartitioned: bool,
     topic: Arc<str>,
     stream: Arc<str>,
     input: usize,
@@ -83,6 +91,8 @@ pub struct Counts {
     pub decode_errors: HashMap<String, u64>,
     /// Per stream.
     pub late: HashMap<String, u64>,
+    /// Per topic: records of a repartitioned input read again (skipped).
+    pub repeats: HashMap<String, u64>,
 }
 
 pub struct Task {
@@ -90,7 +100,8 @@ pub struct Task {
     automata: Vec<Automaton>,
     engine: Engine,
     topic_index: HashMap<String, usize>,
-    parts: HashMap<(usize, i32), Part>,
+    /// By (input, partition, source partition or -1).
+    parts: HashMap<(usize, i32, i32), Part>,
     /// Per stream.
     clocks: BTreeMap<String, PartitionClocks>,
     /// Per stream: the watermark the engine was last driven to.
@@ -99,6 +110,9 @@ pub struct Task {
     /// assignment (or restored).
     positions: BTreeMap<String, i64>,
     assigned: BTreeSet<String>,
+    /// Per clock of a repartitioned input (`name@<source partition>`): the
+    /// highest source offset matched.
+    origins: BTreeMap<String, i64>,
     counts: Counts,
     out: Output,
 }
@@ -123,6 +137,7 @@ impl Task {
             engine_wm: HashMap::new(),
             positions: BTreeMap::new(),
             assigned: BTreeSet::new(),
+            origins: BTreeMap::new(),
             counts: Counts::default(),
             out: Output::default(),
         }
@@ -146,6 +161,17 @@ impl Task {
             let name = partition_name(t, *p);
             if let Some(&i) = self.topic_index.get(t) {
                 let stream = self.config.inputs[i].stream().to_string();
+                if let Some((_, sources)) = &self.config.inputs[i].repartitioned_from {
+                    // One clock per source partition (see
+                    // `crate::service::repartition`).
+                    let fresh = self.new_clocks();
+                    let clocks = self.clocks.entry(stream).or_insert(fresh);
+                    for s in 0..*sources {
+                        clocks.assign(&format!("{name}@{s}"), now);
+                    }
+                    self.assigned.insert(name);
+                    continue;
+                }
                 let fresh = self.new_clocks();
                 self.clocks
                     .entry(stream)
@@ -162,6 +188,7 @@ impl Task {
                     self.clocks.insert(stream, clocks);
                 }
                 self.positions = c.offsets;
+                self.origins = c.origins;
                 self.engine.restore(c.engine)
             }
         };
@@ -188,16 +215,47 @@ impl Task {
         self.engine.swap_patterns(automata)
     }
 
-    fn part(&mut self, topic: &str, partition: i32) -> Option<&Part> {
+    fn part(&mut self, topic: &str, partition: i32, source: Option<i32>) -> Option<&Part> {
         let i = *self.topic_index.get(topic)?;
-        let stream = self.config.inputs[i].stream();
-        Some(self.parts.entry((i, partition)).or_insert_with(|| Part {
-            name: partition_name(topic, partition).into(),
-            topic: topic.into(),
-            stream: stream.into(),
-            input: i,
-            order_base: ((i as u64) << 56) | ((partition as u64 & 0xffff) << 40),
+        let input = &self.config.inputs[i];
+        let repartitioned = input.repartitioned_from.is_some();
+        let source = source.filter(|_| repartitioned);
+        let stream = input.stream();
+        let slot = (i, partition, source.unwrap_or(-1));
+        Some(self.parts.entry(slot).or_insert_with(|| {
+            let name: Arc<str> = partition_name(topic, partition).into();
+            Part {
+                clock: match source {
+                    Some(s) => format!("{name}@{s}").into(),
+                    None => name.clone(),
+                },
+                name,
+                repartitioned,
+                topic: topic.into(),
+                stream: stream.into(),
+                input: i,
+                order_base: ((i as u64) << 56) | ((partition as u64 & 0xffff) << 40),
+            }
         }))
+    }
+
+    /// Whether a record of a repartitioned input was matched before (it
+    /// was re-produced after a crash or a rebalance); notes it otherwise.
+    fn repeated(&mut self, part: &Part, origin: Option<(i32, i64)>) -> bool {
+        let Some((_, offset)) = origin.filter(|_| part.repartitioned) else {
+            return false;
+        };
+        match self.origins.get_mut(&*part.clock) {
+            Some(seen) if offset <= *seen => true,
+            Some(seen) => {
+                *seen = offset;
+                false
+            }
+            None => {
+                self.origins.insert(part.clock.to_string(), offset);
+                false
+            }
+        }
     }
 
     /// Reads one record: feeds the engine, moves the clocks and releases
@@ -205,7 +263,8 @@ impl Task {
     pub fn push(&mut self, rec: &Incoming<'_>, now: u64) -> Fate {
         // Three reference counts, no string copies: the part's names are
         // shared.
-        let Some(part) = self.part(rec.topic, rec.partition).cloned() else {
+        let source = rec.origin.map(|o| o.0);
+        let Some(part) = self.part(rec.topic, rec.partition, source).cloned() else {
             return Fate::default();
         };
         let (name, topic, stream) = (&*part.name, &*part.topic, &*part.stream);
@@ -214,6 +273,10 @@ impl Task {
             None => {
                 self.positions.insert(name.to_string(), rec.offset + 1);
             }
+        }
+        if self.repeated(&part, rec.origin) {
+            bump(&mut self.counts.repeats, topic);
+            return Fate::default();
         }
         bump(&mut self.counts.events_in, topic);
         let mut out = std::mem::take(&mut self.out);
@@ -289,7 +352,7 @@ impl Task {
         now: u64,
         out: &mut Output,
     ) -> Option<String> {
-        let (name, stream) = (&*part.name, &*part.stream);
+        let (clock, stream) = (&*part.clock, &*part.stream);
         let value = rec.value.unwrap_or_default();
         let clocks = self.clocks.get(stream);
         let record = Record {
@@ -298,7 +361,7 @@ impl Task {
             key,
             time,
             order: Some(part.order_base | (rec.offset as u64 & ((1 << 40) - 1))),
-            late_before: clocks.map_or(i64::MIN, |c| c.late_before(name)),
+            late_before: clocks.map_or(i64::MIN, |c| c.late_before(clock)),
         };
         match self.engine.push_record(stream, &record, out) {
             Ok(t) => {
@@ -307,7 +370,7 @@ impl Task {
                     self.clocks.insert(stream.to_string(), fresh);
                 }
                 let clocks = self.clocks.get_mut(stream).expect("just made");
-                clocks.observe(name, t, now);
+                clocks.observe(clock, t, now);
                 None
             }
             Err(e) => Some(format!("not a JSON object: {e}")),
@@ -371,6 +434,7 @@ impl Task {
             group: group.to_string(),
             partitions: self.assigned.clone(),
             offsets: self.positions.clone(),
+            origins: self.origins.clone(),
             clocks: self.clocks.clone(),
             engine: self.engine.snapshot(),
         }
@@ -389,6 +453,7 @@ impl Task {
             seq: 0,
             partitions: self.assigned.clone(),
             offsets: self.positions.clone(),
+            origins: self.origins.clone(),
             clocks: self.clocks.clone(),
             engine: self.engine.take_changes(),
         })
@@ -430,6 +495,14 @@ pub fn check_partitioning(
                 continue;
             }
             let (topic, keys) = (&input.topic, show(&a.key_paths));
+            if let (Some((source, _)), Some(d)) = (&input.repartitioned_from, &declared) {
+                return Err(format!(
+                    "pattern `{}` is keyed by {keys}, but topic `{source}` is repartitioned by {} (kafka.inputs[{n}].repartition_by): key the pattern by {} too, or repartition by {keys}",
+                    a.name,
+                    show(d),
+                    show(d)
+                ));
+            }
             return Err(match &declared {
                 None => format!(
                     "pattern `{}` is keyed by {keys}, but topic `{topic}` has {count} partitions and kafka.inputs[{n}].partitioned_by is not set: each partition is matched on its own, so all of a key's events must be in one partition. If producers key `{topic}` by {keys}, set kafka.inputs[{n}].partitioned_by; otherwise read it with key = \"message\", or from a topic of one partition",
@@ -504,6 +577,7 @@ end
             key: None,
             value: Some(value),
             timestamp: None,
+            origin: None,
         }
     }
 
@@ -725,5 +799,48 @@ end
         }
         got.extend(alerts(&mut t));
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_repartitioned_input_skips_records_read_again_and_clocks_each_source() {
+        let mut t = task(0, 30_000);
+        let mut inputs = t.config.inputs.clone();
+        inputs[0].topic = "internal".into();
+        inputs[0].stream = Some("cards".into());
+        inputs[0].repartitioned_from = Some(("payments".into(), 2));
+        let config = TaskConfig {
+            inputs,
+            ..t.config.clone()
+        };
+        t = Task::new(t.automata.clone(), config);
+        t.assign(&[("internal".into(), 0)], None, 0);
+        let from = |offset: i64, source: (i32, i64), v: &[u8]| -> Incoming<'static> {
+            let v: &'static [u8] = v.to_vec().leak();
+            Incoming {
+                topic: "internal",
+                partition: 0,
+                offset,
+                key: None,
+                value: Some(v),
+                timestamp: None,
+                origin: Some(source),
+            }
+        };
+        // Source partition 1 is read ahead of source partition 0: its
+        // events do not make partition 0's late.
+        t.push(&from(0, (1, 0), &card("c2", 5_000, 6.0)), 0);
+        let fate = t.push(&from(1, (0, 0), &card("c1", 1_000, 5.0)), 0);
+        assert_eq!(fate, Fate::default(), "not late: its own source's clock");
+        // A crash re-produced source 0's offset 0: read again, skipped.
+        t.push(&from(2, (0, 0), &card("c1", 1_000, 5.0)), 0);
+        t.push(&from(3, (0, 1), &card("c1", 2_000, 900.0)), 0);
+        t.push(&from(4, (1, 1), &card("c2", 9_000, 800.0)), 0);
+        t.push(&from(5, (0, 2), &card("c9", 10_000, 50.0)), 0);
+        t.push(&from(6, (1, 2), &card("c9", 10_000, 50.0)), 0);
+        assert_eq!(t.take_counts().repeats["internal"], 1);
+        assert_eq!(alerts(&mut t), [r#""c1":900.0"#, r#""c2":800.0"#]);
+        let c = t.checkpoint("g");
+        assert_eq!(c.origins["internal/0@0"], 2);
+        assert_eq!(c.origins["internal/0@1"], 2);
     }
 }

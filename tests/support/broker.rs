@@ -246,6 +246,11 @@ impl Broker {
         dir
     }
 
+    /// CPU time (user + system) the broker has used so far.
+    pub fn cpu(&self) -> Duration {
+        cpu_of(self.child.id())
+    }
+
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -345,4 +350,18 @@ pub fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         String::from_utf8_lossy(&out.stderr)
     );
     (cert, key)
+}
+
+/// CPU time (user + system) process `pid` has used so far (Linux `/proc`).
+pub fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 a second).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0);
+    Duration::from_millis(ticks * 10)
 }

@@ -189,6 +189,12 @@ impl Serve {
 
     /// [`Serve::start`] with extra environment variables.
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Serve {
+        Serve::start_binary(Path::new(env!("CARGO_BIN_EXE_cep")), dir, config, env)
+    }
+
+    /// [`Serve::start_with_env`] with another build of `cep` (an earlier
+    /// version, for a before/after figure).
+    pub fn start_binary(bin: &Path, dir: &Path, config: &str, env: &[(&str, &str)]) -> Serve {
         let http = free_port();
         let config = config.replace("{HTTP}", &http.to_string());
         std::fs::write(dir.join("config.toml"), config).unwrap();
@@ -202,7 +208,7 @@ impl Serve {
             .append(true)
             .open(dir.join("serve.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cep"))
+        let child = Command::new(bin)
             .current_dir(dir)
             .args(["serve", "--config", "config.toml"])
             .env("RUST_LOG", "info")
@@ -221,6 +227,11 @@ impl Serve {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+
+    /// CPU time (user + system) the process has used so far.
+    pub fn cpu(&self) -> Duration {
+        broker::cpu_of(self.child.id())
     }
 
     /// `GET path` on the service's HTTP port: (status, body).

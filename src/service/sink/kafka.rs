@@ -26,6 +26,8 @@ pub struct Outgoing {
     /// `None`: a tombstone (a null value, which compaction deletes).
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record timestamp (epoch ms); `None`: the time of sending.
+    pub timestamp: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -88,6 +90,9 @@ impl Producer {
         }
         if let Some(p) = msg.partition {
             rec = rec.partition(p);
+        }
+        if let Some(t) = msg.timestamp {
+            rec = rec.timestamp(t);
         }
         self.inner.send_result(rec).map_err(|(e, _)| e)
     }

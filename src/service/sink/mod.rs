@@ -222,6 +222,7 @@ pub fn alert_record(topic: &str, a: &AlertOut) -> Outgoing {
         partition: None,
         key: Some(a.key.as_bytes().to_vec()),
         payload: Some(a.body.clone()),
+        timestamp: None,
         headers: vec![
             ("cep-pattern".into(), a.pattern.as_bytes().to_vec()),
             (
