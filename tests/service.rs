@@ -1016,6 +1016,14 @@ fn instances_join_die_and_leave_without_losing_or_inventing_alerts() {
     b2.wait_ready(Duration::from_secs(60));
     send(&phase(2));
     wait_read(&[&a, &b2], 2 * CARDS);
+    // The tasks that moved to the newcomer left the first instance with a
+    // final checkpoint (cooperative: the rebalance waits for it).
+    let log = a.log();
+    assert!(
+        log.contains("task handed over") && log.contains("final_checkpoint=true"),
+        "{log}"
+    );
+    assert!(!log.contains("final_checkpoint=false"), "{log}");
 
     a.signal("-KILL");
     let _ = a.wait(Duration::from_secs(10));

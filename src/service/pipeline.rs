@@ -151,6 +151,9 @@ pub struct Pipeline {
     /// Source offsets waiting for their records' acknowledgements: (ledger
     /// high mark, offsets).
     source_pending: Option<(u64, BTreeMap<String, i64>)>,
+    /// Source partitions revoked and not yet given up: their records are
+    /// no longer re-produced.
+    revoked_sources: BTreeSet<String>,
 }
 
 impl Pipeline {
@@ -175,6 +178,7 @@ impl Pipeline {
             internal: p.repartition.values().map(|r| r.internal.clone()).collect(),
             source_offsets: BTreeMap::new(),
             source_pending: None,
+            revoked_sources: BTreeSet::new(),
             p,
         }
     }
@@ -231,12 +235,13 @@ impl Pipeline {
         }
     }
 
-    fn apply_rebalances(&mut self, consumer: &Source) -> Result<(), String> {
+    fn apply_rebalances(&mut self, consumer: &Arc<Source>) -> Result<(), String> {
         for r in consumer.context().take_rebalances() {
-            // Revoked tasks go, keeping nothing (their outputs in flight keep
-            // their ids if produced again); each task of a new assignment
-            // starts from its checkpoint or its committed offsets; the
-            // others keep running.
+            // Tasks revoked cleanly (cooperative) go after a final
+            // checkpoint; revoked otherwise, they go keeping nothing (their
+            // outputs in flight keep their ids if produced again). Each task
+            // of a new assignment starts from its checkpoint or its
+            // committed offsets; the others keep running.
             let (partitions, mut restore, errors) = match r {
                 Rebalance::Revoked(revoked) => {
                     match revoked {
@@ -245,15 +250,7 @@ impl Pipeline {
                             self.source_offsets.clear();
                             self.source_pending = None;
                         }
-                        Revoked::Some(parts) => {
-                            for (t, p) in parts {
-                                if self.p.repartition.contains_key(&t) {
-                                    self.source_offsets.remove(&partition_name(&t, p));
-                                } else {
-                                    self.tasks.remove(&p);
-                                }
-                            }
-                        }
+                        Revoked::Some(parts) => self.hand_over(consumer, parts),
                     }
                     // Tasks that stay report theirs again at their next
                     // checkpoint.
@@ -272,6 +269,7 @@ impl Pipeline {
             let mut by_task: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
             for (t, p) in partitions {
                 // A source topic's partitions are only re-produced.
+                self.revoked_sources.remove(&partition_name(&t, p));
                 if !self.p.repartition.contains_key(&t) {
                     by_task.entry(p).or_default().push((t, p));
                 }
@@ -300,6 +298,57 @@ impl Pipeline {
         let ready = !self.tasks.is_empty();
         self.p.health.ready.store(ready, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Revoked partitions (cooperative): their tasks stop now; in the
+    /// background, once every output so far is acknowledged (within the
+    /// shutdown timeout), each writes a final checkpoint and commits, the
+    /// source offsets of repartitioned inputs are committed, and the
+    /// partitions are given up, which lets the rebalance (and their next
+    /// owner) go on.
+    fn hand_over(&mut self, consumer: &Arc<Source>, parts: Vec<(String, i32)>) {
+        if parts.is_empty() {
+            return;
+        }
+        let mut leaving = Vec::new();
+        let mut sources = BTreeMap::new();
+        for (t, p) in &parts {
+            let name = partition_name(t, *p);
+            if self.p.repartition.contains_key(t) {
+                if let Some(o) = self.source_offsets.remove(&name) {
+                    sources.insert(name.clone(), o);
+                }
+                self.revoked_sources.insert(name);
+            } else if let Some(slot) = self.tasks.remove(p) {
+                leaving.push((*p, slot));
+            }
+        }
+        let group = self.p.kafka.group_id.clone();
+        let (ledger, sink, consumer) = (self.p.ledger.clone(), self.sink(), consumer.clone());
+        let deadline = self.p.shutdown_timeout;
+        tokio::spawn(async move {
+            let high = ledger.high();
+            if tokio::time::timeout(deadline, ledger.wait_through(high))
+                .await
+                .is_ok()
+            {
+                for (id, mut slot) in leaving {
+                    slot.finish_write().await;
+                    let whole = slot.pending.take().is_some();
+                    let cut = slot.cut(&group, whole);
+                    let chain = std::mem::take(&mut slot.chain);
+                    slot.writing = Some(persist(sink.clone(), id, &consumer, cut, chain, true));
+                    let ok = slot.finish_write().await;
+                    tracing::info!(task = id, final_checkpoint = ok, "task handed over");
+                }
+                let c = consumer.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || source::commit(&c, &sources, true)).await;
+            } else {
+                tracing::warn!("outputs not acknowledged in time: tasks handed over without a final checkpoint");
+            }
+            source::hand_over(&consumer, &parts);
+        });
     }
 
     async fn handle(&mut self, m: &BorrowedMessage<'_>) {
@@ -359,6 +408,9 @@ impl Pipeline {
     /// the partition of its key (or dead-letters it when it has none).
     async fn repartition(&mut self, m: &BorrowedMessage<'_>, route: &Route) {
         let name = partition_name(m.topic(), m.partition());
+        if self.revoked_sources.contains(&name) {
+            return;
+        }
         self.source_offsets.insert(name, m.offset() + 1);
         let value = m.payload().unwrap_or_default();
         match repartition::key_of(value, &route.paths) {
@@ -670,6 +722,7 @@ impl Pipeline {
     /// timeout.
     async fn shutdown(mut self, consumer: Arc<Source>) -> Result<(), String> {
         self.p.health.ready.store(false, Ordering::SeqCst);
+        consumer.context().closing();
         let deadline = self.p.shutdown_timeout;
         let group = self.p.kafka.group_id.clone();
         let mut finals: Vec<Cut> = Vec::new();

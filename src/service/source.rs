@@ -8,9 +8,14 @@
 //! the task's assigned partitions, they start at the checkpoint's offsets
 //! and the pipeline restores the task from it; otherwise they start at
 //! their committed offsets (the earliest for a new group) with a fresh
-//! task. On a revocation the pipeline drops every task: nothing of a
-//! revoked partition lingers, and outputs still in flight keep their ids
-//! when they are produced again.
+//! task. On a cooperative revocation the revoked partitions stay assigned
+//! until the pipeline has written their tasks' final checkpoints
+//! ([`Revoked::Some`], [`hand_over`]): librdkafka holds the rebalance until
+//! the unassign call, so the next owner restores from the final
+//! checkpoint. On an eager revocation (several input topics) or a failed
+//! rebalance every task is dropped at once: nothing of a revoked partition
+//! lingers, and outputs still in flight keep their ids when they are
+//! produced again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -58,9 +63,13 @@ pub struct Resume {
 /// What a revocation takes away.
 #[derive(Debug)]
 pub enum Revoked {
-    /// Every partition (the eager protocol, or a failed rebalance).
+    /// Every partition (the eager protocol, a failed rebalance, or the
+    /// consumer closing): already given up.
     All,
-    /// These partitions (the cooperative protocol).
+    /// These partitions (the cooperative protocol), still held: the
+    /// pipeline writes their tasks' final checkpoints, then gives them up
+    /// ([`hand_over`]). The group waits for it, so the next owner restores
+    /// from the final checkpoint.
     Some(Vec<(String, i32)>),
 }
 
@@ -71,6 +80,8 @@ pub struct Context {
     kafka: KafkaSection,
     metrics: Arc<Metrics>,
     events: Mutex<Vec<Rebalance>>,
+    /// The pipeline has stopped: revocations are no longer handed over.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 pub type Source = StreamConsumer<Context>;
@@ -81,6 +92,13 @@ impl Context {
     pub fn backlog(&self) -> Vec<(String, bool)> {
         let b = self.backlog.lock().expect("backlog lock");
         b.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// From now on revoked partitions are given up at once (the pipeline
+    /// has written its final checkpoints and is closing the consumer).
+    pub fn closing(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Rebalances since the last call, oldest first.
@@ -272,10 +290,18 @@ impl ConsumerContext for Context {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 return self.assign(consumer, tpl, cooperative)
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
-                // Only these go; every other task keeps running.
-                let _ = consumer.incremental_unassign(tpl);
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
+                if cooperative && !self.closing.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                // Only these go; every other task keeps running. librdkafka
+                // waits for the unassign call, made once their final
+                // checkpoints are written.
                 Revoked::Some(listed)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+                // Closing: the final checkpoints are written already.
+                let _ = consumer.incremental_unassign(tpl);
+                Revoked::Some(Vec::new())
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let _ = consumer.unassign();
@@ -339,6 +365,7 @@ pub fn consumer(
         kafka: k.clone(),
         metrics,
         events: Mutex::new(Vec::new()),
+        closing: std::sync::atomic::AtomicBool::new(false),
     };
     let consumer: Source = c
         .create_with_context(ctx)
@@ -353,6 +380,18 @@ pub fn consumer(
         .subscribe(&topics)
         .map_err(|e| format!("kafka subscribe {topics:?}: {e}"))?;
     Ok(consumer)
+}
+
+/// Gives up revoked `partitions` (after their final checkpoints), which
+/// lets the rebalance go on.
+pub fn hand_over(consumer: &Source, partitions: &[(String, i32)]) {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition(t, *p);
+    }
+    if let Err(e) = consumer.incremental_unassign(&tpl) {
+        tracing::error!(error = %e, "unassign failed");
+    }
 }
 
 /// Commits `offsets` (`topic/partition` → next offset).
