@@ -318,6 +318,11 @@ impl Pipeline {
                 if let Some(o) = self.source_offsets.remove(&name) {
                     sources.insert(name.clone(), o);
                 }
+                // Committed below, once; never again after the next owner
+                // has moved on.
+                if let Some((_, pending)) = &mut self.source_pending {
+                    pending.remove(&name);
+                }
                 self.revoked_sources.insert(name);
             } else if let Some(slot) = self.tasks.remove(p) {
                 leaving.push((*p, slot));
