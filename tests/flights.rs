@@ -6,6 +6,9 @@
 //!    through `patterns/flights` with the library API gives exactly the
 //!    `delayed_departures` alerts that a direct computation from the CSV,
 //!    written here without the engine, says it must.
+//! 3. Each flight pattern raises on that month exactly the number of alerts
+//!    its comment states (so an example that can never match, or whose
+//!    stated figure went stale, fails here).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -294,4 +297,42 @@ fn january_delayed_departures_match_a_direct_computation() {
         "{} delayed_departures alerts in January 2013 agree with the direct computation",
         got.len()
     );
+}
+
+#[test]
+fn every_flight_pattern_raises_the_number_of_alerts_its_comment_states() {
+    let csv = root().join("data/flights-2013-01.csv");
+    let dir = root().join("patterns/flights");
+    // The file's measured disorder (see the test above), as `cep replay` allows.
+    let (alerts, late, _) = replay(&dir, &csv, 18 * HOUR_MS);
+    assert_eq!(late, 0);
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    for a in &alerts {
+        *got.entry(a.pattern.clone()).or_default() += 1;
+    }
+    let mut stated: BTreeMap<String, usize> = BTreeMap::new();
+    for file in cep::compiler::pattern_files(&dir) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let comment: String = text
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let n = comment
+            .split("this pattern raises ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no \"this pattern raises N\" in its comment",
+                    file.display()
+                )
+            });
+        let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+        stated.insert(name, n);
+    }
+    assert_eq!(got, stated);
+    assert!(got.values().all(|&n| n > 0), "{got:?}");
 }
