@@ -550,3 +550,82 @@ fn concurrent_puts_give_monotonic_versions_and_a_consistent_end() {
     );
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// Replacing a pattern (drain mode, the default) while a partial match is
+/// open: the old version finishes it, with its version in the alert, the
+/// new version starts runs only at later events, a restart in the middle
+/// of the drain keeps it, no alert comes twice, and the old version goes
+/// once its run has ended.
+#[test]
+fn a_replaced_pattern_drains_its_open_runs_across_a_restart() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    create_topic(&b, "cards", 1);
+    create_topic(&b, "alerts", 1);
+    let dir = scratch("drain");
+    std::fs::create_dir_all(dir.join("patterns")).unwrap();
+    std::fs::write(dir.join("patterns/small_then_large.cep"), SMALL_THEN_LARGE).unwrap();
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+
+    // Card a opens a run under version 1.
+    send(&b, &[event(1, "a", 5.0), event(2, "z", 50.0)]);
+    wait_for("a's run", &serve, || {
+        serve.metric("cep_active_runs", "pattern=\"small_then_large\"") >= 1.0
+    });
+    let v2 = SMALL_THEN_LARGE.replace("amount > 500", "amount > 400");
+    let api = Api { serve: &serve };
+    let (s, v) = api.call("PUT", "/patterns/small_then_large", Some(TOKEN), &v2);
+    assert_eq!((s, &v["version"]), (200, &serde_json::json!(2)), "{v}");
+    let draining = |serve: &Serve| {
+        let (_, v) = Api { serve }.call("GET", "/patterns/small_then_large", None, "");
+        v["draining"].clone()
+    };
+    wait_for("version 1 draining", &serve, || {
+        draining(&serve) == serde_json::json!([{"version": 1, "active_runs": 1.0}])
+    });
+
+    // Restart in the middle of the drain.
+    serve.signal("-TERM");
+    assert!(
+        serve.wait(Duration::from_secs(30)).success(),
+        "{}",
+        serve.log()
+    );
+    let mut serve = Serve::start(&dir, &config(&b));
+    serve.wait_ready(Duration::from_secs(60));
+    wait_for("still draining after the restart", &serve, || {
+        draining(&serve) == serde_json::json!([{"version": 1, "active_runs": 1.0}])
+    });
+
+    // b opens a run under version 2 only; a's large charge completes its
+    // version-1 run (and starts nothing in version 2); b's 450 is large
+    // for version 2 only.
+    send(
+        &b,
+        &[
+            event(3, "b", 5.0),
+            event(4, "a", 600.0),
+            event(5, "b", 450.0),
+            event(1_000, "z", 50.0),
+        ],
+    );
+    let got = alerts_of(&b, 2);
+    let mut seen: Vec<(String, u64)> = got
+        .iter()
+        .map(|a| {
+            let key = a["key"].as_str().unwrap().to_string();
+            (key, a["version"].as_u64().unwrap())
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [("a".to_string(), 1), ("b".to_string(), 2)]);
+    wait_for("version 1 retired", &serve, || {
+        draining(&serve) == serde_json::json!([]) && serve.log().contains("drained version retired")
+    });
+    // Nothing more arrives: no alert twice.
+    std::thread::sleep(Duration::from_secs(2));
+    let again = consume_until(&b, "alerts", Duration::from_secs(3), |_| false);
+    assert_eq!(again.len(), 2, "{again:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

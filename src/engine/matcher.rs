@@ -106,6 +106,9 @@ pub struct Limits {
     pub include_events: bool,
     /// List the keys that change (see [`Matcher::take_changes`]).
     pub track_changes: bool,
+    /// New runs may start (false: a draining version only finishes the
+    /// runs it has).
+    pub start_runs: bool,
 }
 
 impl Matcher {
@@ -171,7 +174,7 @@ impl Matcher {
     #[inline]
     pub fn on_event(&mut self, a: &Automaton, ev: Event, lim: Limits, out: &mut Vec<Alert>) {
         self.stats.events += 1;
-        if !self.keys.contains_key(&ev.key) && !can_start(a, &ev) {
+        if !self.keys.contains_key(&ev.key) && (!lim.start_runs || !can_start(a, &ev)) {
             return;
         }
         let ev = Arc::new(ev);
@@ -309,7 +312,7 @@ impl Step<'_> {
             }
             self.step(run, ev, pos, &mut next, &mut floor);
         }
-        if pos >= floor {
+        if pos >= floor && self.lim.start_runs {
             let seed = Run {
                 node: self.a.start,
                 alive: u64::MAX,

@@ -66,6 +66,10 @@ pub struct PatternState {
     pub late: u64,
     pub rejected: u64,
     pub shadow_alerts: u64,
+    /// An older version replaced in drain mode: it finishes the runs it
+    /// has and starts none (see [`Engine::swap_patterns_with`]).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl PatternState {
@@ -155,6 +159,8 @@ pub struct PatternStats {
     /// Alerts of a shadow pattern (counted, never emitted).
     pub shadow_alerts: u64,
     pub buffered: usize,
+    /// An older version finishing its runs (drain mode).
+    pub draining: bool,
     pub active_keys: usize,
     pub active_runs: usize,
     pub watermark: i64,
@@ -169,6 +175,7 @@ impl PatternState {
             late: self.late,
             rejected: self.rejected,
             shadow_alerts: self.shadow_alerts,
+            draining: self.draining,
         }
     }
 }
@@ -177,6 +184,18 @@ impl PatternState {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     patterns: Vec<(String, String, PatternState)>,
+    /// The sources of draining versions, which the running pattern set no
+    /// longer holds: a restore compiles them again.
+    #[serde(default)]
+    draining: Vec<DrainingSource>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DrainingSource {
+    source_hash: String,
+    source: String,
+    version: u32,
+    shadow: bool,
 }
 
 /// What changed in an engine since its last snapshot or changes
@@ -209,12 +228,19 @@ impl Snapshot {
     /// when the changes name a pattern the snapshot does not hold (the
     /// pattern set changed in between, which takes a whole snapshot).
     pub fn apply(&mut self, changes: Changes) -> Result<(), String> {
+        // Draining versions retired since: gone.
+        let present: Vec<(String, String)> = changes
+            .patterns
+            .iter()
+            .filter(|c| c.rest.draining)
+            .map(|c| (c.name.clone(), c.source_hash.clone()))
+            .collect();
+        self.patterns
+            .retain(|(n, h, st)| !st.draining || present.iter().any(|p| p.0 == *n && p.1 == *h));
         for c in changes.patterns {
-            let Some((_, _, st)) = self
-                .patterns
-                .iter_mut()
-                .find(|(n, h, _)| *n == c.name && *h == c.source_hash)
-            else {
+            let Some((_, _, st)) = self.patterns.iter_mut().find(|(n, h, s)| {
+                *n == c.name && *h == c.source_hash && s.draining == c.rest.draining
+            }) else {
                 return Err(format!(
                     "changes to pattern `{}` follow a snapshot without it",
                     c.name
@@ -266,6 +292,7 @@ impl Engine {
                     late: 0,
                     rejected: 0,
                     shadow_alerts: 0,
+                    draining: false,
                 };
                 (a, state)
             })
@@ -308,6 +335,7 @@ impl Engine {
             max_runs_per_key: self.config.max_runs_per_key,
             include_events: self.config.include_events,
             track_changes: self.track_changes,
+            start_runs: true,
         }
     }
 
@@ -434,6 +462,10 @@ impl Engine {
             let mark = out.alerts.len();
             st.buffer.advance_to(watermark);
             let until = st.buffer.watermark();
+            let lim = Limits {
+                start_runs: !st.draining,
+                ..lim
+            };
             st.release(a, until, lim, out, mark);
         }
     }
@@ -481,6 +513,10 @@ impl Engine {
     fn push_ordered(&mut self, index: usize, ev: Event, order: Option<u64>, out: &mut Output) {
         let lim = self.limits();
         let (a, st) = &mut self.patterns[index];
+        let lim = Limits {
+            start_runs: !st.draining,
+            ..lim
+        };
         let mark = out.alerts.len();
         match st.buffer.admit(ev.time) {
             Admit::Late => {
@@ -537,6 +573,10 @@ impl Engine {
             let newest = st.buffer.newest();
             st.buffer.flush();
             let until = if close_all { i64::MAX } else { newest };
+            let lim = Limits {
+                start_runs: !st.draining,
+                ..lim
+            };
             st.release(a, until, lim, out, mark);
         }
     }
@@ -553,6 +593,7 @@ impl Engine {
                 rejected: st.rejected,
                 shadow_alerts: st.shadow_alerts,
                 buffered: st.buffer.len(),
+                draining: st.draining,
                 active_keys: st.matcher.active_keys(),
                 active_runs: st.matcher.active_runs(),
                 watermark: st.buffer.watermark(),
@@ -566,26 +607,98 @@ impl Engine {
     /// starts afresh, its buffer at the watermark of the pattern it
     /// replaces. Returns the names that started afresh.
     pub fn swap_patterns(&mut self, automata: Vec<Automaton>) -> Vec<String> {
+        self.swap_patterns_with(automata, |_| false)
+    }
+
+    /// [`Engine::swap_patterns`], where a changed pattern whose name
+    /// `drain` accepts is replaced in drain mode: its old version keeps the
+    /// runs it has (they complete or expire, their alerts carry the old
+    /// version) and starts none, while the new version starts runs at
+    /// events after the swap. The old version goes once its last run has
+    /// ended ([`Engine::retire_drained`]). Versions already draining go on
+    /// draining.
+    pub fn swap_patterns_with(
+        &mut self,
+        automata: Vec<Automaton>,
+        drain: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let mut old: Vec<(Automaton, PatternState)> = std::mem::take(&mut self.patterns);
-        let mut next = Engine::new(automata, self.config);
+        let mut draining: Vec<(Automaton, PatternState)> = Vec::new();
+        let live_match = |o: &Automaton, st: &PatternState, a: &Automaton| {
+            o.name == a.name && o.source_hash == a.source_hash && !st.draining
+        };
+        // Replaced versions with open runs, asked to drain, and those
+        // draining already (unless the new set brings their source back).
+        let mut i = 0;
+        while i < old.len() {
+            let (o, st) = &old[i];
+            let back = automata.iter().any(|a| live_match(o, st, a));
+            let replaced = automata.iter().any(|a| a.name == o.name) && !back;
+            // Buffered events cannot start runs in a draining version.
+            let open = st.matcher.active_keys() > 0;
+            if (st.draining || (replaced && drain(&o.name))) && open && !back {
+                let (o, mut st) = old.swap_remove(i);
+                st.draining = true;
+                draining.push((o, st));
+            } else {
+                i += 1;
+            }
+        }
+        let all: Vec<Automaton> = automata
+            .iter()
+            .cloned()
+            .chain(draining.iter().map(|(a, _)| a.clone()))
+            .collect();
+        let mut next = Engine::new(all, self.config);
         next.track_changes = self.track_changes;
         let mut fresh = Vec::new();
-        for (a, st) in &mut next.patterns {
-            let keep = old
-                .iter()
-                .position(|(o, _)| o.name == a.name && o.source_hash == a.source_hash);
+        let live = automata.len();
+        for (a, st) in next.patterns.iter_mut().take(live) {
+            let keep = old.iter().position(|(o, s)| {
+                o.name == a.name && o.source_hash == a.source_hash && !s.draining
+            });
             match keep {
                 Some(i) => *st = old.swap_remove(i).1,
                 None => {
-                    if let Some((_, prev)) = old.iter().find(|(o, _)| o.name == a.name) {
+                    let prev = old
+                        .iter()
+                        .chain(draining.iter())
+                        .find(|(o, _)| o.name == a.name);
+                    if let Some((_, prev)) = prev {
                         st.buffer.advance_to(prev.buffer.watermark());
                     }
                     fresh.push(a.name.clone());
                 }
             }
         }
+        for ((_, st), (_, d)) in next.patterns.iter_mut().skip(live).zip(draining) {
+            *st = d;
+        }
         *self = next;
         fresh
+    }
+
+    /// Removes the draining versions whose last run has ended; returns
+    /// them (name, version).
+    pub fn retire_drained(&mut self) -> Vec<(String, u32)> {
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.patterns.len() {
+            let (a, st) = &self.patterns[i];
+            if st.draining && st.matcher.active_keys() == 0 {
+                gone.push((a.name.clone(), a.version));
+                self.patterns.remove(i);
+                self.fields.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        gone
+    }
+
+    /// Whether an older version of some pattern is draining.
+    pub fn draining(&self) -> bool {
+        self.patterns.iter().any(|(_, st)| st.draining)
     }
 
     /// The changes since the last call, [`Engine::forget_changes`] or
@@ -618,6 +731,17 @@ impl Engine {
                 .iter()
                 .map(|(a, st)| (a.name.clone(), a.source_hash.clone(), st.clone()))
                 .collect(),
+            draining: self
+                .patterns
+                .iter()
+                .filter(|(_, st)| st.draining)
+                .map(|(a, _)| DrainingSource {
+                    source_hash: a.source_hash.clone(),
+                    source: a.source.clone(),
+                    version: a.version,
+                    shadow: a.shadow,
+                })
+                .collect(),
         }
     }
 
@@ -630,7 +754,7 @@ impl Engine {
             match snap
                 .patterns
                 .iter()
-                .find(|(n, h, _)| *n == a.name && *h == a.source_hash)
+                .find(|(n, h, s)| *n == a.name && *h == a.source_hash && !s.draining)
             {
                 Some((_, _, saved)) => {
                     *st = saved.clone();
@@ -639,8 +763,46 @@ impl Engine {
                 None => fresh.push(a.name.clone()),
             }
         }
+        self.restore_draining(&snap);
         self.forget_changes();
         fresh
+    }
+
+    /// Brings back the versions that were draining when `snap` was taken,
+    /// compiled again from their saved sources.
+    fn restore_draining(&mut self, snap: &Snapshot) {
+        let drained: Vec<(Automaton, PatternState)> = snap
+            .patterns
+            .iter()
+            .filter(|(_, _, s)| s.draining)
+            .filter_map(|(name, hash, s)| {
+                let src = snap.draining.iter().find(|d| d.source_hash == *hash)?;
+                let compiled = crate::compiler::compile_source(name, &src.source).ok()?;
+                let a = compiled.into_iter().find(|a| a.name == *name)?;
+                let mut st = s.clone();
+                st.matcher.rebuild_timers();
+                Some((a.with_meta(src.version, src.shadow), st))
+            })
+            .collect();
+        if drained.is_empty() {
+            return;
+        }
+        let live = std::mem::take(&mut self.patterns);
+        let all = live
+            .iter()
+            .chain(&drained)
+            .map(|(a, _)| a.clone())
+            .collect();
+        let mut next = Engine::new(all, self.config);
+        next.track_changes = self.track_changes;
+        for ((_, st), (_, s)) in next
+            .patterns
+            .iter_mut()
+            .zip(live.into_iter().chain(drained))
+        {
+            *st = s;
+        }
+        *self = next;
     }
 }
 

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -171,6 +171,14 @@ fn describe(e: &Entry, m: &Metrics) -> serde_json::Value {
         "mode": if a.shadow { "shadow" } else { "active" },
         "stream": a.stream,
         "file": e.file.as_ref().map(|f| f.display().to_string()),
+        "draining": (1..a.version)
+            .filter_map(|v| {
+                let v_text = v.to_string();
+                let l = [("pattern", a.name.as_str()), ("version", v_text.as_str())];
+                let runs = m.get("cep_draining_runs", &l);
+                (runs > 0.0).then(|| json!({"version": v, "active_runs": runs}))
+            })
+            .collect::<Vec<_>>(),
         "counters": {
             "events": m.get("cep_pattern_events", &l),
             "alerts": alerts,
@@ -210,17 +218,38 @@ fn text(body: axum::body::Bytes) -> Result<String, ApiError> {
         .map_err(|_| ApiError::BadRequest("the body is not UTF-8 text".into()))
 }
 
+/// `?replace=drain` (the default: the old version finishes its open runs)
+/// or `?replace=restart` (they are dropped).
+fn drain_of(query: Option<String>) -> Result<bool, ApiError> {
+    let q = query.unwrap_or_default();
+    let mut drain = true;
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        match pair {
+            "replace=drain" => drain = true,
+            "replace=restart" => drain = false,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query `{other}`: use replace=drain or replace=restart"
+                )))
+            }
+        }
+    }
+    Ok(drain)
+}
+
 async fn put_one(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
     check_name(&name).map_err(ApiError::BadRequest)?;
+    let drain = drain_of(query)?;
     let source = text(body)?;
     timed(async {
-        let (version, changed) = s.registry.put(&name, &source).await?;
+        let (version, changed) = s.registry.put(&name, &source, drain).await?;
         Ok(Json(
             json!({"name": name, "version": version, "changed": changed}),
         ))

@@ -104,6 +104,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Size of each task's last checkpoint written to the state topic.",
     ),
     (
+        "cep_draining_runs",
+        "gauge",
+        "Open runs of an older pattern version replaced in drain mode, per pattern and version.",
+    ),
+    (
         "cep_state_bytes",
         "gauge",
         "Size of each task's chain in the state topic (what a restore reads).",

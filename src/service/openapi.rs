@@ -51,6 +51,8 @@ pub fn document() -> Value {
                 },
                 "put": {
                     "summary": "Create or replace a pattern; swapped in between two events",
+                    "description": "A replaced version keeps its open runs until they complete or expire and starts none (`replace=drain`, the default; listed under `draining` in GET until its last run ends), or drops them (`replace=restart`). The new version starts runs at events after the swap; alerts carry the version that produced them.",
+                    "parameters": [{"name": "replace", "in": "query", "required": false, "schema": {"type": "string", "enum": ["drain", "restart"], "default": "drain"}}],
                     "security": auth,
                     "requestBody": text_body("the pattern source: exactly one `pattern NAME ... end`"),
                     "responses": {

@@ -89,6 +89,9 @@ pub enum Command {
     /// the patterns that started afresh.
     Swap {
         automata: Vec<Automaton>,
+        /// Changed patterns replaced in drain mode (see
+        /// [`crate::engine::Engine::swap_patterns_with`]).
+        drain: BTreeSet<String>,
         done: tokio::sync::oneshot::Sender<Vec<String>>,
     },
 }
@@ -221,10 +224,14 @@ impl Pipeline {
 
     fn apply(&mut self, c: Command) {
         match c {
-            Command::Swap { automata, done } => {
+            Command::Swap {
+                automata,
+                drain,
+                done,
+            } => {
                 let mut fresh = BTreeSet::new();
                 for slot in self.tasks.values_mut() {
-                    fresh.extend(slot.task.swap_patterns(automata.clone()));
+                    fresh.extend(slot.task.swap_patterns(automata.clone(), &drain));
                     slot.whole_next = true;
                 }
                 let fresh: Vec<String> = fresh.into_iter().collect();
@@ -600,6 +607,10 @@ impl Pipeline {
         }
         for slot in self.tasks.values_mut() {
             slot.task.tick(now);
+            // A drained version leaving changes the pattern set.
+            if slot.task.retire_drained() {
+                slot.whole_next = true;
+            }
         }
         self.dispatch(None).await;
         self.publish_metrics();
@@ -691,8 +702,14 @@ impl Pipeline {
         }
         // Per pattern, summed over the tasks.
         let mut sums: BTreeMap<String, [u64; 5]> = BTreeMap::new();
+        let mut draining: BTreeMap<(String, u32), u64> = BTreeMap::new();
         for slot in self.tasks.values() {
             for s in slot.task.engine().stats() {
+                if s.draining {
+                    *draining.entry((s.pattern.clone(), s.version)).or_default() +=
+                        s.active_runs as u64;
+                    continue;
+                }
                 let sum = sums.entry(s.pattern.clone()).or_default();
                 sum[0] += s.active_runs as u64;
                 sum[1] += s.matched.events;
@@ -713,6 +730,12 @@ impl Pipeline {
             for (name, v) in names.iter().zip(sum) {
                 m.set(name, &l, v as f64);
             }
+        }
+        m.clear("cep_draining_runs");
+        for ((pattern, version), runs) in draining {
+            let v = version.to_string();
+            let l = [("pattern", pattern.as_str()), ("version", v.as_str())];
+            m.set("cep_draining_runs", &l, runs as f64);
         }
         m.set(
             "cep_outputs_outstanding",

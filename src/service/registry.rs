@@ -15,7 +15,7 @@
 //! the file first): rewriting someone's multi-pattern file is not ours to
 //! do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -224,8 +224,10 @@ impl Registry {
     }
 
     /// Creates or replaces `name`; returns its (new) version and whether
-    /// anything changed.
-    pub async fn put(&self, name: &str, source: &str) -> Result<(u32, bool), Refusal> {
+    /// anything changed. `drain`: a replaced version keeps its open runs
+    /// until they end (see [`crate::engine::Engine::swap_patterns_with`]);
+    /// otherwise they are dropped.
+    pub async fn put(&self, name: &str, source: &str, drain: bool) -> Result<(u32, bool), Refusal> {
         check_name(name).map_err(Refusal::BadName)?;
         let a = Registry::compile(name, source).map_err(Refusal::Invalid)?;
         let mut entries = self.inner.lock().await;
@@ -255,7 +257,8 @@ impl Registry {
         blocking(move || write_atomically(&t, &bytes))
             .await
             .map_err(|e| Refusal::Failed(format!("{}: {e}", tmp.display())))?;
-        if let Err(e) = self.swap(&next).await {
+        let drained: BTreeSet<String> = drain.then(|| name.to_string()).into_iter().collect();
+        if let Err(e) = self.swap(&next, drained).await {
             let t = tmp.clone();
             let _ = blocking(move || std::fs::remove_file(t)).await;
             return Err(e);
@@ -280,7 +283,7 @@ impl Registry {
         let file = e.file.clone();
         let mut next = entries.clone();
         next.remove(name);
-        self.swap(&next).await?;
+        self.swap(&next, BTreeSet::new()).await?;
         if let Some(f) = file {
             let shown = f.display().to_string();
             if let Err(e) = blocking(move || std::fs::remove_file(f)).await {
@@ -375,7 +378,8 @@ impl Registry {
             .filter(|n| !found.contains_key(*n))
             .cloned()
             .collect();
-        self.swap(&found).await?;
+        // Edited files replace their patterns in drain mode.
+        self.swap(&found, found.keys().cloned().collect()).await?;
         *entries = found;
         self.save_meta(&entries).await;
         Ok(summary)
@@ -391,7 +395,7 @@ impl Registry {
         let mut next = entries.clone();
         let entry = next.get_mut(name).expect("present");
         entry.automaton = entry.automaton.with_meta(version, shadow);
-        self.swap(&next).await?;
+        self.swap(&next, BTreeSet::new()).await?;
         *entries = next;
         self.save_meta(&entries).await;
         Ok(version)
@@ -402,14 +406,22 @@ impl Registry {
         let _ = self.check.set(check);
     }
 
-    async fn swap(&self, next: &BTreeMap<String, Entry>) -> Result<(), Refusal> {
+    async fn swap(
+        &self,
+        next: &BTreeMap<String, Entry>,
+        drain: BTreeSet<String>,
+    ) -> Result<(), Refusal> {
         let automata: Vec<Automaton> = next.values().map(|e| e.automaton.clone()).collect();
         if let Some(check) = self.check.get() {
             check(&automata).map_err(Refusal::Conflict)?;
         }
         let (done, reply) = oneshot::channel();
         self.commands
-            .send(Command::Swap { automata, done })
+            .send(Command::Swap {
+                automata,
+                drain,
+                done,
+            })
             .await
             .map_err(|_| Refusal::Failed("the pipeline has stopped".into()))?;
         match tokio::time::timeout(Duration::from_secs(10), reply).await {

@@ -210,9 +210,27 @@ impl Task {
 
     /// Runs exactly `automata` from the next record on; returns the
     /// patterns that start afresh.
-    pub fn swap_patterns(&mut self, automata: Vec<Automaton>) -> Vec<String> {
+    pub fn swap_patterns(
+        &mut self,
+        automata: Vec<Automaton>,
+        drain: &BTreeSet<String>,
+    ) -> Vec<String> {
         self.automata = automata.clone();
-        self.engine.swap_patterns(automata)
+        self.engine
+            .swap_patterns_with(automata, |name| drain.contains(name))
+    }
+
+    /// Drops the draining versions whose runs have all ended; whether any
+    /// went.
+    pub fn retire_drained(&mut self) -> bool {
+        if !self.engine.draining() {
+            return false;
+        }
+        let gone = self.engine.retire_drained();
+        for (pattern, version) in &gone {
+            tracing::info!(pattern, version, "drained version retired");
+        }
+        !gone.is_empty()
     }
 
     fn part(&mut self, topic: &str, partition: i32, source: Option<i32>) -> Option<&Part> {
