@@ -284,8 +284,13 @@ impl Pipeline {
             let now = self.now();
             for (id, parts) in by_task {
                 let resume = restore.remove(&id).unwrap_or_default();
-                let mut task = Task::new(self.p.automata.clone(), self.task_config.clone());
-                let fresh = task.assign(&parts, resume.checkpoint, now);
+                let (task, fresh) = Task::assigned_to(
+                    self.p.automata.clone(),
+                    self.task_config.clone(),
+                    &parts,
+                    resume.checkpoint,
+                    now,
+                );
                 if !fresh.is_empty() {
                     tracing::warn!(task = id, patterns = ?fresh, "patterns changed since the checkpoint start afresh");
                 }

@@ -147,6 +147,20 @@ impl Task {
         PartitionClocks::new(self.config.engine.lateness_ms, self.config.idle_after)
     }
 
+    /// A task that takes `partitions`, fresh or from `restore` (see
+    /// [`Task::assign`]).
+    pub fn assigned_to(
+        automata: Vec<Automaton>,
+        config: TaskConfig,
+        partitions: &[(String, i32)],
+        restore: Option<Checkpoint>,
+        now: u64,
+    ) -> (Task, Vec<String>) {
+        let mut t = Task::new(automata, config);
+        let fresh = t.take(partitions, restore, now);
+        (t, fresh)
+    }
+
     /// Takes `partitions` (topic, partition), fresh or from `restore`;
     /// whatever the task held before is dropped. Returns the patterns that
     /// changed since the checkpoint and start afresh.
@@ -157,6 +171,15 @@ impl Task {
         now: u64,
     ) -> Vec<String> {
         *self = Task::new(self.automata.clone(), self.config.clone());
+        self.take(partitions, restore, now)
+    }
+
+    fn take(
+        &mut self,
+        partitions: &[(String, i32)],
+        restore: Option<Checkpoint>,
+        now: u64,
+    ) -> Vec<String> {
         for (t, p) in partitions {
             let name = partition_name(t, *p);
             if let Some(&i) = self.topic_index.get(t) {
