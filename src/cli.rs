@@ -130,6 +130,37 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::service::client::PatternsCommand,
     },
+    /// Why did it (not) match? Event by event for one key: the runs a
+    /// pattern started and advanced, each condition that turned an event
+    /// down with the values it saw, windows that closed, negations, skips
+    /// and broken contiguity.
+    Why {
+        /// The pattern file.
+        file: PathBuf,
+        /// Which pattern (needed when the file holds several).
+        #[arg(long)]
+        pattern: Option<String>,
+        /// The key, as alerts show it (a composite key's parts joined by
+        /// U+001F).
+        #[arg(long)]
+        key: String,
+        /// JSON lines or CSV events, optionally zipped; `-` for stdin.
+        #[arg(long)]
+        input: String,
+        /// Input format; guessed from the file name by default.
+        #[arg(long, value_parser = ["jsonl", "csv"])]
+        format: Option<String>,
+        /// How late an event may arrive and still be matched in order, e.g.
+        /// `1h` [default: 0].
+        #[arg(long)]
+        lateness: Option<String>,
+        /// CSV cells read as missing [default: NA].
+        #[arg(long)]
+        null: Vec<String>,
+        /// One JSON object per note instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the compiled automaton as Graphviz DOT.
     Explain {
         file: PathBuf,
@@ -245,6 +276,41 @@ pub fn run(cli: Cli) -> i32 {
         })(),
         Command::Test { path } => test(&path),
         Command::Explain { file, pattern } => explain(&file, pattern.as_deref()),
+        Command::Why {
+            file,
+            pattern,
+            key,
+            input,
+            format,
+            lateness,
+            null,
+            json,
+        } => (|| {
+            let lateness_ms = match lateness {
+                Some(l) => testfile::parse_duration(&l)?,
+                None => 0,
+            };
+            let format = match format.as_deref() {
+                Some("csv") => Format::Csv,
+                Some(_) => Format::JsonLines,
+                None => Format::from_path(&input),
+            };
+            let null = if null.is_empty() {
+                vec!["NA".into()]
+            } else {
+                null
+            };
+            why(&WhyArgs {
+                file: &file,
+                pattern: pattern.as_deref(),
+                key: &key,
+                input: &input,
+                format,
+                lateness_ms,
+                null: &null,
+                json,
+            })
+        })(),
         Command::Patterns {
             server,
             token,
@@ -625,6 +691,101 @@ fn test(path: &Path) -> Result<i32, String> {
     }
     println!("\ncep test: {passed} passed, {failed} failed");
     Ok(i32::from(failed > 0))
+}
+
+struct WhyArgs<'a> {
+    file: &'a Path,
+    pattern: Option<&'a str>,
+    key: &'a str,
+    input: &'a str,
+    format: Format,
+    lateness_ms: i64,
+    null: &'a [String],
+    json: bool,
+}
+
+/// `cep why`: replays `input` through one pattern, printing the notes the
+/// engine keeps for one key (see [`crate::engine::trace`]).
+fn why(args: &WhyArgs) -> Result<i32, String> {
+    let automata = load_patterns(args.file)?;
+    let names: Vec<&str> = automata.iter().map(|a| a.name.as_str()).collect();
+    let chosen = match args.pattern {
+        Some(p) => automata.iter().find(|a| a.name == p),
+        None if automata.len() == 1 => automata.first(),
+        None => None,
+    }
+    .cloned()
+    .ok_or_else(|| match args.pattern {
+        Some(p) => format!(
+            "no pattern `{p}` in {} (it has {names:?})",
+            args.file.display()
+        ),
+        None => format!(
+            "{} holds {names:?}: name one with --pattern",
+            args.file.display()
+        ),
+    })?;
+    let name = chosen.name.clone();
+    let config = crate::engine::EngineConfig {
+        lateness_ms: args.lateness_ms,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(vec![chosen], config);
+    engine.trace(&name, args.key);
+    let (records, _) = input::open(args.input, args.format, args.null)
+        .map_err(|e| format!("{}: {e}", args.input))?;
+    let stdout = io::stdout();
+    let mut w = BufWriter::new(stdout.lock());
+    let io_err = |e: io::Error| format!("writing output: {e}");
+    let mut out = Output::default();
+    let mut seen = 0u64;
+    let mut matches = 0u64;
+    for rec in records.flatten() {
+        let _ = push(&mut engine, None, args.input, rec, &mut out);
+        out = Output::default();
+        let notes = engine.take_notes();
+        write_notes(&mut w, &notes, args.json, &mut seen, &mut matches).map_err(io_err)?;
+    }
+    engine.flush(&mut out);
+    let notes = engine.take_notes();
+    if !notes.is_empty() && !args.json {
+        writeln!(w, "end of input: every window closes").map_err(io_err)?;
+    }
+    write_notes(&mut w, &notes, args.json, &mut seen, &mut matches).map_err(io_err)?;
+    if !args.json {
+        writeln!(
+            w,
+            "{seen} event(s) of key `{}`, {matches} match(es) of `{name}`",
+            args.key
+        )
+        .map_err(io_err)?;
+    }
+    w.flush().map_err(io_err)?;
+    Ok(0)
+}
+
+fn write_notes(
+    w: &mut impl Write,
+    notes: &[crate::engine::trace::Note],
+    json: bool,
+    seen: &mut u64,
+    matches: &mut u64,
+) -> io::Result<()> {
+    use crate::engine::trace::Note;
+    for n in notes {
+        match n {
+            Note::Event { .. } => *seen += 1,
+            Note::Matched { .. } => *matches += 1,
+            _ => {}
+        }
+        if json {
+            let line = serde_json::to_string(n).expect("a note serialises");
+            writeln!(w, "{line}")?;
+        } else {
+            writeln!(w, "{}", n.line())?;
+        }
+    }
+    Ok(())
 }
 
 fn explain(file: &Path, pattern: Option<&str>) -> Result<i32, String> {

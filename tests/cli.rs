@@ -416,3 +416,80 @@ end
     assert_eq!(out.lines().count(), 1, "{out}");
     assert_eq!(out, expected);
 }
+
+#[test]
+fn why_tells_event_by_event_what_the_pattern_did_with_one_key() {
+    let pattern = scratch(
+        "why.cep",
+        "pattern small_then_large\n  from cards key card time ts within 5m\n  skip past last\n  match small then large\n  define small as amount < 10, large as amount > 500\nend\n",
+    );
+    let events = scratch(
+        "why.jsonl",
+        concat!(
+            "{\"card\":\"c1\",\"ts\":1000,\"amount\":432}\n",
+            "{\"card\":\"c1\",\"ts\":2000,\"amount\":5}\n",
+            "{\"card\":\"c2\",\"ts\":2500,\"amount\":5}\n",
+            "{\"card\":\"c1\",\"ts\":3000,\"amount\":432}\n",
+            "{\"card\":\"c1\",\"ts\":4000,\"amount\":7}\n",
+            "{\"card\":\"c1\",\"ts\":5000,\"amount\":900}\n",
+            "{\"card\":\"c1\",\"ts\":6000,\"amount\":3}\n",
+            "{\"card\":\"c1\",\"ts\":900000,\"amount\":50}\n",
+        ),
+    );
+    let (p, e) = (pattern.to_str().unwrap(), events.to_str().unwrap());
+    let (code, out, err) = cep(&["why", p, "--key", "c1", "--input", e]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "event #0 at 1970-01-01T00:00:01Z",
+        "  no run started: small: amount < 10 was 432 < 10",
+        "  run 1 started: small",
+        "  run 1 waits for large, not this event: amount > 500 was 432 > 500",
+        "  run 3 started: small",
+        "  run 1 advanced: large",
+        "  run 1 MATCHED: alert",
+        "  run 3 dropped by the skip strategy after run 1's match",
+        "  run 5 expired: its window closed 594s ago",
+        "7 event(s) of key `c1`, 1 match(es) of `small_then_large`",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+    // c2's events are not told.
+    assert_eq!(out.matches("event #").count(), 7, "{out}");
+
+    let (code, out, _) = cep(&["why", p, "--key", "c1", "--input", e, "--json"]);
+    assert_eq!(code, 0);
+    let notes: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(notes.contains(&serde_json::json!(
+        {"note": "rejected", "run": 1, "var": "large", "why": "amount > 500 was 432 > 500"}
+    )));
+    assert!(notes.contains(&serde_json::json!({"note": "matched", "run": 1})));
+
+    let strict = scratch(
+        "why_strict.cep",
+        "pattern strict_pair\n  from cards key card time ts within 5m\n  match small next not refund next large\n  define small as amount < 10, refund as amount < 0, large as amount > 500\nend\n",
+    );
+    let events = scratch(
+        "why_strict.jsonl",
+        concat!(
+            "{\"card\":\"c1\",\"ts\":1000,\"amount\":5}\n",
+            "{\"card\":\"c1\",\"ts\":2000,\"amount\":50}\n",
+            "{\"card\":\"c1\",\"ts\":3000,\"amount\":5}\n",
+            "{\"card\":\"c1\",\"ts\":4000,\"amount\":-5}\n",
+        ),
+    );
+    let (s, e) = (strict.to_str().unwrap(), events.to_str().unwrap());
+    let (_, out, _) = cep(&["why", s, "--key", "c1", "--input", e]);
+    for line in [
+        "  run 0: strict contiguity (`next`) broken",
+        "  run 0 ended: nothing left to wait for",
+        "  run 2: the event matches `not refund`, which closes that way",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+    let (code, _, err) = cep(&["why", s, "--pattern", "nope", "--key", "c1", "--input", e]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no pattern `nope`"), "{err}");
+}

@@ -665,3 +665,81 @@ fn regex_error_span(e: &regex_syntax::Error, regex: &str, lit: Span) -> Option<S
     let end = (lit.start + 1 + s.end.offset).max(start + 1);
     Some(Span::new(start, end))
 }
+
+/// Names for [`CExpr::explain`]: the pattern's field paths and variables.
+pub struct Names<'a> {
+    pub fields: &'a [Vec<String>],
+    pub vars: &'a [VarInfo],
+}
+
+impl CExpr {
+    /// The expression with the values it saw: `amount > 500 was 432 > 500`;
+    /// `and` / `or` explain each side. For `cep why`, never on the hot path.
+    pub fn explain(&self, names: &Names, env: &Env) -> String {
+        match self {
+            CExpr::Bin(op @ (BinaryOp::And | BinaryOp::Or), l, r) => format!(
+                "({}) {} ({})",
+                l.explain(names, env),
+                op.symbol(),
+                r.explain(names, env)
+            ),
+            CExpr::Bin(op, l, r) => format!(
+                "{} {} {} was {} {} {}",
+                l.source(names),
+                op.symbol(),
+                r.source(names),
+                shown(&l.eval(env)),
+                op.symbol(),
+                shown(&r.eval(env))
+            ),
+            CExpr::FieldCmpNum(op, slot, n) => {
+                let field = CExpr::Field(*slot);
+                format!(
+                    "{} {} {n} was {} {} {n}",
+                    field.source(names),
+                    op.symbol(),
+                    shown(&field.eval(env)),
+                    op.symbol()
+                )
+            }
+            other => format!("{} was {}", other.source(names), shown(&other.eval(env))),
+        }
+    }
+
+    /// A short rendering of the expression's source.
+    fn source(&self, names: &Names) -> String {
+        let field = |s: &u32| {
+            names
+                .fields
+                .get(*s as usize)
+                .map_or_else(|| format!("slot {s}"), |p| p.join("."))
+        };
+        let var = |v: &VarId| {
+            names
+                .vars
+                .get(*v as usize)
+                .map_or_else(|| format!("var {v}"), |i| i.name.clone())
+        };
+        match self {
+            CExpr::Const(v) => shown(v),
+            CExpr::Field(s) => field(s),
+            CExpr::VarField(v, s) => format!("{}.{}", var(v), field(s)),
+            CExpr::Time(None) => "time".into(),
+            CExpr::Time(Some(v)) => format!("{}.time", var(v)),
+            CExpr::Neg(x) => format!("-{}", x.source(names)),
+            CExpr::Not(x) => format!("not {}", x.source(names)),
+            CExpr::Bin(op, l, r) => {
+                format!("{} {} {}", l.source(names), op.symbol(), r.source(names))
+            }
+            CExpr::FieldCmpNum(op, s, n) => format!("{} {} {n}", field(s), op.symbol()),
+            _ => "(expression)".into(),
+        }
+    }
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Missing => "missing".into(),
+        other => other.to_json().to_string(),
+    }
+}

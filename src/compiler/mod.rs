@@ -22,7 +22,7 @@ use crate::dsl::ast::{self, Element, Pattern, Sequence, Skip};
 use crate::dsl::{self, Diagnostic, Diagnostics};
 use crate::event::{stable_hash, FieldTable};
 
-pub use expr::{Binding, CExpr, Env, VarId, VarInfo};
+pub use expr::{Binding, CExpr, Env, Names, VarId, VarInfo};
 pub use nfa::{Entry, Node, NodeId, State};
 
 use expr::{Context, Resolver};

@@ -36,11 +36,12 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::compiler::{Automaton, Binding, Entry, Env, NodeId, SkipPlan};
+use crate::compiler::{Automaton, Binding, Entry, Env, Names, NodeId, SkipPlan};
 use crate::dsl::ast::Contiguity;
 use crate::event::{Event, Key};
 
 use super::alert::{self, Alert, AlertKind};
+use super::trace::{Note, Trace};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Run {
@@ -93,6 +94,19 @@ pub struct Matcher {
     /// is on: what an incremental checkpoint writes.
     #[serde(skip)]
     changed: FxHashSet<Key>,
+    /// The key `cep why` asks about, and what happened to it.
+    #[serde(skip)]
+    trace: Option<Box<Traced>>,
+}
+
+/// A trace, and how its event numbers relate to the key's positions.
+#[derive(Clone, Debug)]
+struct Traced {
+    trace: Trace,
+    /// Events of the key seen.
+    seen: u64,
+    /// Event number minus position, while the key holds runs.
+    offset: u64,
 }
 
 /// The runs of one key as a change to a saved matcher: `None` when the key
@@ -136,6 +150,27 @@ impl Matcher {
         changed
     }
 
+    /// Keeps notes of what happens to `key` ([`crate::engine::trace`]).
+    pub fn trace(&mut self, key: Key) {
+        let trace = Trace {
+            key,
+            notes: Vec::new(),
+        };
+        self.trace = Some(Box::new(Traced {
+            trace,
+            seen: 0,
+            offset: 0,
+        }));
+    }
+
+    /// The notes taken since the last call.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        self.trace
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.trace.notes))
+            .unwrap_or_default()
+    }
+
     /// Forgets the changed keys (a whole snapshot was just taken).
     pub fn forget_changes(&mut self) {
         self.changed.clear();
@@ -174,7 +209,23 @@ impl Matcher {
     #[inline]
     pub fn on_event(&mut self, a: &Automaton, ev: Event, lim: Limits, out: &mut Vec<Alert>) {
         self.stats.events += 1;
+        let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == ev.key);
+        if traced {
+            let t = self.trace.as_mut().expect("traced");
+            let n = t.seen;
+            t.seen += 1;
+            t.trace.notes.push(Note::Event {
+                pos: n,
+                time: ev.time,
+            });
+            t.offset = n - self.keys.get(&ev.key).map_or(0, |k| k.next_pos);
+        }
         if !self.keys.contains_key(&ev.key) && (!lim.start_runs || !can_start(a, &ev)) {
+            if traced {
+                let why = start_refusals(a, &ev);
+                let t = self.trace.as_mut().expect("traced");
+                t.trace.notes.push(Note::NotStarted { why });
+            }
             return;
         }
         let ev = Arc::new(ev);
@@ -185,6 +236,8 @@ impl Matcher {
             lim,
             out,
             stats: &mut self.stats,
+            trace: self.trace.as_deref_mut().filter(|_| traced),
+            floor_run: 0,
         };
         // Runs whose window closed before this event end first.
         cx.expire(ks, ev.time);
@@ -226,12 +279,15 @@ impl Matcher {
                 continue; // superseded by an earlier timer
             }
             ks.scheduled = None;
+            let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == key);
             let mut cx = Step {
                 a,
                 key: &key,
                 lim,
                 out,
                 stats: &mut self.stats,
+                trace: self.trace.as_deref_mut().filter(|_| traced),
+                floor_run: 0,
             };
             cx.expire(ks, watermark);
             self.reschedule(a, key, lim);
@@ -257,6 +313,34 @@ impl Matcher {
             self.timers.push(Reverse((deadline, key)));
         }
     }
+}
+
+/// Why no entry of the start node takes `ev`: each condition with the
+/// values it saw.
+fn start_refusals(a: &Automaton, ev: &Event) -> Vec<String> {
+    let env = Env {
+        current: Some(ev),
+        bindings: &[],
+        key: None,
+        start: 0,
+        end: 0,
+    };
+    let names = Names {
+        fields: &a.fields.paths,
+        vars: &a.vars,
+    };
+    a.nodes[a.start as usize]
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Consume { var, .. } => {
+                let c = a.conditions[*var as usize].as_ref()?;
+                let name = &a.vars[*var as usize].name;
+                Some(format!("{name}: {}", c.explain(&names, &env)))
+            }
+            Entry::Accept => None,
+        })
+        .collect()
 }
 
 /// Whether `ev` could start a run: some entry of the start node takes it.
@@ -293,6 +377,10 @@ struct Step<'a> {
     lim: Limits,
     out: &'a mut Vec<Alert>,
     stats: &'a mut MatchStats,
+    /// The trace, when this key is the one traced.
+    trace: Option<&'a mut Traced>,
+    /// The run whose match set the current skip floor (for the trace).
+    floor_run: u64,
 }
 
 enum Settle {
@@ -301,6 +389,19 @@ enum Settle {
 }
 
 impl Step<'_> {
+    /// Notes what happened, when tracing (`note` builds it only then).
+    #[inline]
+    fn note(&mut self, note: impl FnOnce(u64) -> Note) {
+        if let Some(t) = self.trace.as_deref_mut() {
+            let n = note(t.offset);
+            t.trace.notes.push(n);
+        }
+    }
+
+    fn var_name(&self, var: crate::compiler::VarId) -> String {
+        self.a.vars[var as usize].name.clone()
+    }
+
     /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
     fn offer(&mut self, ks: &mut KeyRuns, ev: &Arc<Event>, pos: u64) {
         let old = std::mem::take(&mut ks.runs);
@@ -308,6 +409,11 @@ impl Step<'_> {
         let mut floor = 0u64;
         for run in old {
             if run.start_pos < floor {
+                let (r, after) = (run.start_pos, self.floor_run);
+                self.note(|o| Note::Pruned {
+                    run: r + o,
+                    after: after + o,
+                });
                 continue;
             }
             self.step(run, ev, pos, &mut next, &mut floor);
@@ -355,6 +461,10 @@ impl Step<'_> {
                         .is_none_or(|c| c.test(&env))
                 {
                     alive &= !g.mask;
+                    if self.trace.is_some() && !seed {
+                        let (r, var) = (run.start_pos, self.var_name(g.var));
+                        self.note(|o| Note::Negated { run: r + o, var });
+                    }
                 }
             }
             let mut moved = false;
@@ -375,6 +485,22 @@ impl Step<'_> {
                     .as_ref()
                     .is_none_or(|c| c.test(&env))
                 {
+                    if self.trace.is_some() && !seed {
+                        let names = crate::compiler::Names {
+                            fields: &a.fields.paths,
+                            vars: &a.vars,
+                        };
+                        let why = a.conditions[*var as usize]
+                            .as_ref()
+                            .map(|c| c.explain(&names, &env))
+                            .unwrap_or_default();
+                        let (r, var) = (run.start_pos, self.var_name(*var));
+                        self.note(|o| Note::Rejected {
+                            run: r + o,
+                            var,
+                            why,
+                        });
+                    }
                     continue;
                 }
                 let mut bindings = Vec::with_capacity(run.bindings.len() + 1);
@@ -396,6 +522,13 @@ impl Step<'_> {
                 if seed {
                     self.stats.runs_started += 1;
                 }
+                if self.trace.is_some() {
+                    let (r, v) = (run.start_pos, self.var_name(*var));
+                    self.note(|o| match seed {
+                        true => Note::Started { run: r + o, var: v },
+                        false => Note::Advanced { run: r + o, var: v },
+                    });
+                }
                 self.place(taken, next, floor);
                 if *contiguity != Contiguity::Any {
                     moved = true;
@@ -406,8 +539,18 @@ impl Step<'_> {
                 return;
             }
         }
+        let before = run.alive;
         run.alive = alive & !node.strict_mask;
         run.fresh = false;
+        if self.trace.is_some() {
+            let r = run.start_pos;
+            if before & node.strict_mask & alive != 0 {
+                self.note(|o| Note::StrictBroken { run: r + o });
+            }
+            if run.alive == 0 {
+                self.note(|o| Note::Ended { run: r + o });
+            }
+        }
         if run.alive == 0 {
             return;
         }
@@ -423,8 +566,23 @@ impl Step<'_> {
             Settle::Wait(run) => next.push(run),
             Settle::Accept(run) => {
                 let f = self.emit_match(&run, None);
+                let r = run.start_pos;
+                self.note(|o| Note::Matched { run: r + o });
                 if f > *floor {
                     *floor = f;
+                    self.floor_run = r;
+                    if self.trace.is_some() {
+                        for p in next.iter().filter(|p| p.start_pos < f) {
+                            let dropped = p.start_pos;
+                            if let Some(t) = self.trace.as_deref_mut() {
+                                let o = t.offset;
+                                t.trace.notes.push(Note::Pruned {
+                                    run: dropped + o,
+                                    after: r + o,
+                                });
+                            }
+                        }
+                    }
                     next.retain(|r| r.start_pos >= f);
                 }
             }
@@ -498,6 +656,19 @@ impl Step<'_> {
             }
             self.stats.runs_expired += 1;
             let node = &self.a.nodes[run.node as usize];
+            if self.trace.is_some() {
+                let (r, by) = (run.start_pos, now - d);
+                let accepts = node.accept.is_some_and(|ai| run.alive & (1 << ai) != 0);
+                let timeout_alert = !accepts && self.a.on_timeout.is_some();
+                self.note(|o| Note::Expired {
+                    run: r + o,
+                    by_ms: by,
+                    timeout_alert,
+                });
+                if accepts {
+                    self.note(|o| Note::Matched { run: r + o });
+                }
+            }
             if node.accept.is_some_and(|ai| run.alive & (1 << ai) != 0) {
                 // A greedy tail or an absence: the window closing completes it.
                 let end = node.accept_at_expiry.then_some(d);

@@ -16,6 +16,7 @@
 
 pub mod alert;
 pub mod matcher;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -694,6 +695,24 @@ impl Engine {
             }
         }
         gone
+    }
+
+    /// Keeps notes of what `pattern` does with the events of `key` (see
+    /// [`trace`]); false when no pattern has that name.
+    pub fn trace(&mut self, pattern: &str, key: &str) -> bool {
+        let Some((_, st)) = self.patterns.iter_mut().find(|(a, _)| a.name == pattern) else {
+            return false;
+        };
+        st.matcher.trace(crate::event::Key::new(key));
+        true
+    }
+
+    /// The notes taken since the last call ([`Engine::trace`]).
+    pub fn take_notes(&mut self) -> Vec<trace::Note> {
+        self.patterns
+            .iter_mut()
+            .flat_map(|(_, st)| st.matcher.take_notes())
+            .collect()
     }
 
     /// Whether an older version of some pattern is draining.
