@@ -707,6 +707,7 @@ struct WhyArgs<'a> {
 /// `cep why`: replays `input` through one pattern, printing the notes the
 /// engine keeps for one key (see [`crate::engine::trace`]).
 fn why(args: &WhyArgs) -> Result<i32, String> {
+    use crate::engine::trace::Note;
     let automata = load_patterns(args.file)?;
     let names: Vec<&str> = automata.iter().map(|a| a.name.as_str()).collect();
     let chosen = match args.pattern {
@@ -732,30 +733,43 @@ fn why(args: &WhyArgs) -> Result<i32, String> {
     };
     let mut engine = Engine::new(vec![chosen], config);
     engine.trace(&name, args.key);
+    let key = crate::event::Key::new(args.key);
     let (records, _) = input::open(args.input, args.format, args.null)
         .map_err(|e| format!("{}: {e}", args.input))?;
     let stdout = io::stdout();
     let mut w = BufWriter::new(stdout.lock());
     let io_err = |e: io::Error| format!("writing output: {e}");
     let mut out = Output::default();
-    let mut seen = 0u64;
-    let mut matches = 0u64;
+    let mut counts = NoteCounts::default();
     for rec in records.flatten() {
         let _ = push(&mut engine, None, args.input, rec, &mut out);
+        let mut notes: Vec<Note> = std::mem::take(&mut out.late)
+            .into_iter()
+            .filter(|l| l.key == key)
+            .map(|l| Note::Late {
+                time: l.event_time,
+                watermark: l.watermark,
+            })
+            .collect();
         out = Output::default();
-        let notes = engine.take_notes();
-        write_notes(&mut w, &notes, args.json, &mut seen, &mut matches).map_err(io_err)?;
+        notes.extend(engine.take_notes());
+        write_notes(&mut w, &notes, args.json, &mut counts).map_err(io_err)?;
     }
     engine.flush(&mut out);
     let notes = engine.take_notes();
     if !notes.is_empty() && !args.json {
         writeln!(w, "end of input: every window closes").map_err(io_err)?;
     }
-    write_notes(&mut w, &notes, args.json, &mut seen, &mut matches).map_err(io_err)?;
+    write_notes(&mut w, &notes, args.json, &mut counts).map_err(io_err)?;
     if !args.json {
+        let NoteCounts {
+            events,
+            late,
+            matches,
+        } = counts;
         writeln!(
             w,
-            "{seen} event(s) of key `{}`, {matches} match(es) of `{name}`",
+            "{events} event(s) of key `{}` matched in order, {late} late, {matches} match(es) of `{name}`",
             args.key
         )
         .map_err(io_err)?;
@@ -764,18 +778,25 @@ fn why(args: &WhyArgs) -> Result<i32, String> {
     Ok(0)
 }
 
+#[derive(Default)]
+struct NoteCounts {
+    events: u64,
+    late: u64,
+    matches: u64,
+}
+
 fn write_notes(
     w: &mut impl Write,
     notes: &[crate::engine::trace::Note],
     json: bool,
-    seen: &mut u64,
-    matches: &mut u64,
+    counts: &mut NoteCounts,
 ) -> io::Result<()> {
     use crate::engine::trace::Note;
     for n in notes {
         match n {
-            Note::Event { .. } => *seen += 1,
-            Note::Matched { .. } => *matches += 1,
+            Note::Event { .. } => counts.events += 1,
+            Note::Late { .. } => counts.late += 1,
+            Note::Matched { .. } => counts.matches += 1,
             _ => {}
         }
         if json {

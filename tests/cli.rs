@@ -449,7 +449,7 @@ fn why_tells_event_by_event_what_the_pattern_did_with_one_key() {
         "  run 1 MATCHED: alert",
         "  run 3 dropped by the skip strategy after run 1's match",
         "  run 5 expired: its window closed 594s ago",
-        "7 event(s) of key `c1`, 1 match(es) of `small_then_large`",
+        "7 event(s) of key `c1` matched in order, 0 late, 1 match(es) of `small_then_large`",
     ] {
         assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
     }
@@ -489,6 +489,24 @@ fn why_tells_event_by_event_what_the_pattern_did_with_one_key() {
     ] {
         assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
     }
+    // An event behind the watermark never reaches the pattern: said so.
+    let late = scratch(
+        "why_late.jsonl",
+        concat!(
+            "{\"card\":\"c1\",\"ts\":5000,\"amount\":5}\n",
+            "{\"card\":\"c1\",\"ts\":2000,\"amount\":900}\n",
+        ),
+    );
+    let (_, out, _) = cep(&["why", p, "--key", "c1", "--input", late.to_str().unwrap()]);
+    assert!(
+        out.lines().any(|l| l
+            == "late event at 1970-01-01T00:00:02Z: behind the watermark 1970-01-01T00:00:05Z by 3s, never matched (allow more lateness)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 event(s) of key `c1` matched in order, 1 late"),
+        "{out}"
+    );
     let (code, _, err) = cep(&["why", s, "--pattern", "nope", "--key", "c1", "--input", e]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no pattern `nope`"), "{err}");

@@ -657,7 +657,8 @@ impl Step<'_> {
             self.stats.runs_expired += 1;
             let node = &self.a.nodes[run.node as usize];
             if self.trace.is_some() {
-                let (r, by) = (run.start_pos, now - d);
+                // The end of input expires everything at the end of time.
+                let (r, by) = (run.start_pos, (now < i64::MAX).then_some(now - d));
                 let accepts = node.accept.is_some_and(|ai| run.alive & (1 << ai) != 0);
                 let timeout_alert = !accepts && self.a.on_timeout.is_some();
                 self.note(|o| Note::Expired {

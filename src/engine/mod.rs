@@ -97,6 +97,9 @@ pub struct LateEvent {
     pub event_time: i64,
     pub watermark: i64,
     pub event: serde_json::Value,
+    /// The event's key (for `cep why`; the JSON has the event itself).
+    #[serde(skip)]
+    pub key: Key,
 }
 
 /// A document a pattern could not decode (no key, no time, bad time).
@@ -490,6 +493,7 @@ impl Engine {
                     event_time: ev.time,
                     watermark: st.buffer.watermark(),
                     event: doc(),
+                    key: ev.key.clone(),
                 });
             }
             Ok(ev) => self.push_ordered(i, ev, rec.order, out),
@@ -529,6 +533,7 @@ impl Engine {
                     event: ev.raw.as_deref().cloned().unwrap_or_else(
                         || serde_json::json!({"key": ev.key.to_json(), "time": ev.time}),
                     ),
+                    key: ev.key.clone(),
                 });
                 return;
             }

@@ -38,12 +38,16 @@ pub enum Note {
     /// The skip strategy dropped run `run` after the match of run `after`.
     Pruned { run: u64, after: u64 },
     /// Run `run`'s window (or max gap) closed `by_ms` before the time that
-    /// ended it; `timeout_alert` when the pattern raises one.
+    /// ended it (`None`: the end of input ended it); `timeout_alert` when
+    /// the pattern raises one.
     Expired {
         run: u64,
-        by_ms: i64,
+        by_ms: Option<i64>,
         timeout_alert: bool,
     },
+    /// An event of the key came behind the watermark: not matched at all
+    /// (noted by the caller, from [`crate::engine::Output::late`]).
+    Late { time: i64, watermark: i64 },
 }
 
 /// The key traced and what happened to it so far.
@@ -77,19 +81,31 @@ impl Note {
             Note::Pruned { run, after } => {
                 format!("  run {run} dropped by the skip strategy after run {after}'s match")
             }
+            Note::Late { time, watermark } => format!(
+                "late event at {}: behind the watermark {} by {}, never matched (allow more lateness)",
+                crate::engine::alert::rfc3339(*time),
+                crate::engine::alert::rfc3339(*watermark),
+                crate::dsl::print::duration(watermark - time)
+            ),
             Note::Expired {
                 run,
                 by_ms,
                 timeout_alert,
-            } => format!(
-                "  run {run} expired: its window closed {} ago{}",
-                crate::dsl::print::duration(*by_ms),
-                if *timeout_alert {
+            } => {
+                let when = match by_ms {
+                    Some(ms) => format!(
+                        "its window closed {} ago",
+                        crate::dsl::print::duration(*ms)
+                    ),
+                    None => "the end of input closes its window".into(),
+                };
+                let alert = if *timeout_alert {
                     " (timeout alert)"
                 } else {
                     ""
-                }
-            ),
+                };
+                format!("  run {run} expired: {when}{alert}")
+            }
         }
     }
 }
