@@ -375,11 +375,7 @@ impl Pipeline {
         }
         let origin = if self.internal.contains(m.topic()) {
             m.headers().and_then(|h| {
-                let pairs: Vec<(&str, &[u8])> = h
-                    .iter()
-                    .map(|h| (h.key, h.value.unwrap_or_default()))
-                    .collect();
-                repartition::origin(&pairs)
+                repartition::origin(h.iter().map(|h| (h.key, h.value.unwrap_or_default())))
             })
         } else {
             None

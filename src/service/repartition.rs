@@ -139,18 +139,18 @@ pub fn partition_of(key: &str, partitions: i32) -> i32 {
     (stable_hash(key.as_bytes(), 0) % partitions.max(1) as u64) as i32
 }
 
-/// The origin of a re-produced record, from its headers.
-pub fn origin(headers: &[(&str, &[u8])]) -> Option<(i32, i64)> {
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-    };
-    Some((
-        get(SOURCE_PARTITION)?.parse().ok()?,
-        get(SOURCE_OFFSET)?.parse().ok()?,
-    ))
+/// The origin of a re-produced record, from its headers (name, value).
+pub fn origin<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Option<(i32, i64)> {
+    let (mut partition, mut offset) = (None, None);
+    for (k, v) in headers {
+        let v = std::str::from_utf8(v).ok();
+        match k {
+            SOURCE_PARTITION => partition = v.and_then(|v| v.parse().ok()),
+            SOURCE_OFFSET => offset = v.and_then(|v| v.parse().ok()),
+            _ => {}
+        }
+    }
+    Some((partition?, offset?))
 }
 
 #[cfg(test)]
@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn origins_come_from_the_headers() {
         let h: Vec<(&str, &[u8])> = vec![(SOURCE_PARTITION, b"2"), (SOURCE_OFFSET, b"41")];
-        assert_eq!(origin(&h), Some((2, 41)));
-        assert_eq!(origin(&h[..1]), None);
+        assert_eq!(origin(h.iter().copied()), Some((2, 41)));
+        assert_eq!(origin(h[..1].iter().copied()), None);
     }
 }
