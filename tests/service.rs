@@ -400,15 +400,8 @@ fn a_stalled_partition_with_waiting_records_gets_no_late_events() {
             .map(|e| serde_json::to_vec(e).unwrap())
             .collect();
         lines.push(sentinel(if t == "cards-a" { 0 } else { 1 }, last));
-        let out: Vec<Out> = lines
-            .iter()
-            .map(|l| Out {
-                partition: Some(0),
-                key: None,
-                value: l,
-            })
-            .collect();
-        produce(&b, t, &out);
+        let records: Vec<(i32, Vec<u8>)> = lines.iter().map(|l| (0, l.clone())).collect();
+        send_to(&b, t, &records);
         all.extend(lines);
     }
     write_jsonl(&dir.join("events.jsonl"), &all);
@@ -842,6 +835,11 @@ fn charge(card: usize, ts: i64, amount: f64) -> Vec<u8> {
 
 /// Produces `records` (partition, value) to `cards`.
 fn send_cards(b: &str, records: &[(i32, Vec<u8>)]) {
+    send_to(b, "cards", records);
+}
+
+/// Produces `records` (partition, value) to `topic`.
+fn send_to(b: &str, topic: &str, records: &[(i32, Vec<u8>)]) {
     let out: Vec<Out> = records
         .iter()
         .map(|(p, v)| Out {
@@ -850,7 +848,7 @@ fn send_cards(b: &str, records: &[(i32, Vec<u8>)]) {
             value: v,
         })
         .collect();
-    produce(b, "cards", &out);
+    produce(b, topic, &out);
 }
 
 /// The config of instance `who` of the test group, with a state directory
@@ -1123,17 +1121,7 @@ fn a_repartitioned_pattern_gives_the_same_alerts_as_replay() {
     let want = replay(&patterns, &dir.join("events.jsonl"), "10000h");
     assert!(want.len() > 20, "{} alerts", want.len());
 
-    let send = |records: &[(i32, Vec<u8>)]| {
-        let out: Vec<Out> = records
-            .iter()
-            .map(|(p, v)| Out {
-                partition: Some(*p),
-                key: None,
-                value: v,
-            })
-            .collect();
-        produce(&b, "payments", &out);
-    };
+    let send = |records: &[(i32, Vec<u8>)]| send_to(&b, "payments", records);
     let cfg = config(&b, &patterns, "", "0s").replace(
         "topic = \"cards\"\n# The tests produce each card's events to one partition.\npartitioned_by = \"card.id\"",
         "topic = \"payments\"\nstream = \"cards\"\nrepartition_by = \"card.id\"",
