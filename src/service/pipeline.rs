@@ -15,13 +15,15 @@
 //! checkpoint at a time, in order: an increment is only meaningful on the
 //! chain before it.
 
+mod checkpointing;
+
+use checkpointing::{persist, CheckpointSink, Slot};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::task::JoinHandle;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -39,7 +41,7 @@ use crate::service::repartition::{self, Route};
 use crate::service::sink::kafka::{Outgoing, Producer};
 use crate::service::sink::{AlertOut, Delivery, Sink};
 use crate::service::source::{self, Rebalance, Revoked, Source};
-use crate::service::state::{Chain, StateTopic};
+use crate::service::state::StateTopic;
 use crate::service::task::{Incoming, Task, TaskConfig};
 
 /// Shared with the HTTP endpoints.
@@ -94,46 +96,6 @@ pub enum Command {
         drain: BTreeSet<String>,
         done: tokio::sync::oneshot::Sender<Vec<String>>,
     },
-}
-
-/// A task and the writing of its checkpoints.
-struct Slot {
-    task: Task,
-    /// The number of the task's last checkpoint.
-    seq: u64,
-    /// The task's state in the state topic (while no write is in flight).
-    chain: Chain,
-    /// The next checkpoint must be whole: the pattern set changed, so
-    /// changes would not apply to the chain's patterns.
-    whole_next: bool,
-    /// Cut waiting for its outputs: (ledger high mark, cut).
-    pending: Option<(u64, Cut)>,
-    /// The checkpoint being written, if any: whether it was committed,
-    /// and the chain after it.
-    writing: Option<JoinHandle<(bool, Chain)>>,
-}
-
-impl Slot {
-    /// Cuts the task's next checkpoint: whole when the chain or the
-    /// pattern set asks for it, else the changes since the last one.
-    fn cut(&mut self, group: &str, whole: bool) -> Cut {
-        let whole = whole || self.whole_next || self.chain.wants_whole();
-        self.whole_next &= !whole;
-        self.seq += 1;
-        let mut c = self.task.cut(group, whole);
-        c.set_seq(self.seq);
-        c
-    }
-
-    /// Takes back the chain of a finished write.
-    async fn finish_write(&mut self) -> bool {
-        let Some(w) = self.writing.take() else {
-            return true;
-        };
-        let (ok, chain) = w.await.unwrap_or((false, Chain::default()));
-        self.chain = chain;
-        ok
-    }
 }
 
 pub struct Pipeline {
@@ -801,58 +763,6 @@ impl Pipeline {
         self.publish_metrics();
         result
     }
-}
-
-/// Where checkpoints go: the state topic, the metrics that count them.
-#[derive(Clone)]
-struct CheckpointSink {
-    state: StateTopic,
-    metrics: Arc<Metrics>,
-}
-
-/// Adds `cut` to `task`'s chain in the state topic, then commits its
-/// offsets: off the pipeline's thread (serialising must not stall the
-/// records). Returns whether both happened (else the offsets stay where
-/// they were) and the chain to continue from.
-fn persist(
-    sink: CheckpointSink,
-    task: i32,
-    consumer: &Arc<Source>,
-    cut: Cut,
-    chain: Chain,
-    sync: bool,
-) -> JoinHandle<(bool, Chain)> {
-    let consumer = consumer.clone();
-    tokio::spawn(async move {
-        let cut = Arc::new(cut);
-        let c2 = cut.clone();
-        let Ok(bytes) = tokio::task::spawn_blocking(move || c2.to_bytes()).await else {
-            return (false, Chain::default());
-        };
-        let whole = matches!(*cut, Cut::Whole(_));
-        let chain = match sink.state.save(task, cut.seq(), whole, &bytes, chain).await {
-            Ok(chain) => chain,
-            Err((e, chain)) => {
-                tracing::error!(task, error = %e, "checkpoint not written to the state topic");
-                return (false, chain);
-            }
-        };
-        let offsets = cut.offsets().clone();
-        let commit = tokio::task::spawn_blocking(move || source::commit(&consumer, &offsets, sync));
-        if let Ok(Err(e)) | Err(e) = commit.await.map_err(|e| e.to_string()) {
-            tracing::warn!(error = %e, "offset commit failed");
-            return (false, chain);
-        }
-        let kind = if whole { "whole" } else { "changes" };
-        sink.metrics.inc("cep_checkpoints_total", &[("kind", kind)]);
-        let task = task.to_string();
-        let l = [("task", task.as_str())];
-        sink.metrics
-            .set("cep_checkpoint_bytes", &l, bytes.len() as f64);
-        sink.metrics
-            .set("cep_state_bytes", &l, chain.bytes() as f64);
-        (true, chain)
-    })
 }
 
 /// Last resort for a record Kafka refused for good: a local file, so that
