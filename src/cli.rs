@@ -477,7 +477,7 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
     for s in engine.stats() {
         let _ = writeln!(
             err,
-            "  {:<28} v{} {:>7} matches {:>6} timeouts{}{}{}",
+            "  {:<28} v{} {:>7} matches {:>6} timeouts{}{}{}{}",
             s.pattern,
             s.version,
             s.matched.matches,
@@ -496,6 +496,14 @@ fn replay(args: &ReplayArgs) -> Result<i32, String> {
                 format!(
                     "  ({} runs dropped at the per-key cap)",
                     s.matched.runs_dropped
+                )
+            } else {
+                String::new()
+            },
+            if s.matched.history_evictions > 0 {
+                format!(
+                    "  ({} values forgotten at the `seen in` cap)",
+                    s.matched.history_evictions
                 )
             } else {
                 String::new()

@@ -44,6 +44,7 @@ pub mod engine;
 pub mod event;
 pub mod extract;
 pub mod gen;
+pub mod history;
 pub mod input;
 #[cfg(feature = "service")]
 pub mod service;

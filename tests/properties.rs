@@ -12,9 +12,11 @@
 //!   either.
 //! - **Identity**: two runs give the same alert ids, and no id repeats.
 //!
-//! Patterns: the four of `patterns/fraud/`, plus `then any` (with
-//! `skip none`), a greedy loop in the middle of a sequence, a greedy strict
-//! tail, and an absence. Streams come from [`cep::gen::CardGen`] with
+//! Patterns: the six of `patterns/fraud/` (two of them read per-key
+//! history), plus `then any` (with `skip none`), a greedy loop in the
+//! middle of a sequence, a greedy strict tail, an absence, and per-key
+//! history over windows short enough for their buckets to turn over
+//! (aggregates, a percentile, `seen in`, `time since previous`). Streams come from [`cep::gen::CardGen`] with
 //! planted fraud so that every pattern has work to do; case counts are kept
 //! small so the suite runs in seconds in debug builds.
 
@@ -58,6 +60,20 @@ pattern big_streak
   emit n = count(big), total = sum(big.amount)
 end
 
+pattern history_windows
+  description "per-key history over windows that turn over within the stream"
+  from cards key card.id time ts within 10m
+  history 2m
+  match x then y
+  define
+    x as amount > 2 * avg(amount) over 3m with at least 2 events
+        or country not seen in 90s,
+    y as time since previous < 30s and amount >= percentile(amount, 75) over 5m
+  emit
+    avg = avg(amount) over 3m, sd = stddev(amount) over 3m,
+    n = count() over 5m, top = max(amount) over 5m
+end
+
 pattern large_then_quiet
   description "absence: a large charge and nothing else on the card for 2 minutes"
   from cards key card.id time ts within 2m
@@ -67,11 +83,13 @@ pattern large_then_quiet
 end
 "#;
 
-const FRAUD: [&str; 4] = [
+const FRAUD: [&str; 6] = [
     "small_then_large",
     "burst_over_100",
     "two_countries",
     "rising_amounts",
+    "unusually_large",
+    "new_country_then_large",
 ];
 
 fn automata() -> Vec<Automaton> {

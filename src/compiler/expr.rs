@@ -7,6 +7,10 @@
 //! variables. Evaluation is a plain tree walk over slot values; operands that
 //! are fields or constants are borrowed, never cloned.
 
+mod lookback;
+
+pub use lookback::{longest_window, uses_since_previous};
+
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -15,6 +19,7 @@ use regex_automata::meta::Regex;
 use crate::dsl::ast::{self, BinaryOp, ExprKind, IsTest, Literal, Span, UnaryOp};
 use crate::dsl::Diagnostic;
 use crate::event::{Event, FieldTable, Key};
+use crate::history::{self, HistoryPlan, KeyHistory};
 use crate::value::Value;
 
 /// Index of a pattern variable.
@@ -69,6 +74,10 @@ pub enum CExpr {
     /// `field <op> number`, the commonest condition, pre-resolved (see
     /// [`CExpr::optimize`]).
     FieldCmpNum(BinaryOp, u32, f64),
+    /// A question to the key's history ([`crate::history`]).
+    History(Box<history::Query>),
+    /// `time since previous`, looking back this far (ms).
+    SincePrevious(i64),
 }
 
 /// A variable bound to an event in a run.
@@ -87,6 +96,18 @@ pub struct Env<'a> {
     pub key: Option<&'a Key>,
     pub start: i64,
     pub end: i64,
+    /// The key's history, before the current event.
+    pub history: Option<&'a KeyHistory>,
+    /// Without a current event (in outputs): the time history is read as
+    /// of.
+    pub history_at: i64,
+}
+
+impl Env<'_> {
+    /// The time history is read as of.
+    fn as_of(&self) -> i64 {
+        self.current.map_or(self.history_at, |e| e.time)
+    }
 }
 
 const MISSING: Value = Value::Missing;
@@ -201,6 +222,14 @@ impl CExpr {
                 MatchInfo::End => Value::Int(env.end),
                 MatchInfo::Duration => Value::Int(env.end - env.start),
             }),
+            CExpr::History(q) => Owned(
+                env.history
+                    .map_or(Value::Null, |h| h.answer(q, env.as_of(), env.current)),
+            ),
+            CExpr::SincePrevious(horizon) => Owned(
+                env.history
+                    .map_or(Value::Null, |h| h.since_previous(env.as_of(), *horizon)),
+            ),
         }
     }
 }
@@ -374,6 +403,8 @@ pub struct Resolver<'a> {
     pub vars: &'a [VarInfo],
     pub fields: &'a mut FieldTable,
     pub errors: &'a mut Vec<Diagnostic>,
+    /// What the pattern keeps of each key's past, as conditions ask for it.
+    pub history: &'a mut HistoryPlan,
 }
 
 impl Resolver<'_> {
@@ -456,6 +487,18 @@ impl Resolver<'_> {
                 negated,
             } => CExpr::Is(Box::new(self.compile(value, cx)), *test, *negated),
             ExprKind::Call { func, args } => self.call(func, args, e.span, cx),
+            ExprKind::Over {
+                call,
+                window,
+                at_least,
+            } => self.over(e, call, window.millis, *at_least),
+            ExprKind::Seen {
+                value,
+                negated,
+                window,
+                at_least,
+            } => self.seen(e, value, *negated, window.millis, *at_least),
+            ExprKind::SincePrevious => CExpr::SincePrevious(self.history.since_horizon),
         }
     }
 
@@ -534,6 +577,20 @@ impl Resolver<'_> {
             "abs" => Some(Builtin::Abs),
             _ => None,
         };
+        if matches!(func.name.as_str(), "stddev" | "percentile") {
+            return self.err(
+                span,
+                format!("`{}` reads the key's history and needs a window", func.name),
+                &format!(
+                    "write for example `{}(amount) over 30d`",
+                    match func.name.as_str() {
+                        "stddev" => "stddev",
+                        _ => "percentile",
+                    }
+                )
+                .replace("percentile(amount)", "percentile(amount, 95)"),
+            );
+        }
         if args.len() != 1 && !(func.name == "time" && args.is_empty()) {
             return self.err(
                 span,
@@ -585,7 +642,7 @@ impl Resolver<'_> {
             return self.err(
                 func.span,
                 format!("unknown function `{}`", func.name),
-                "functions: count, sum, avg, min, max, first, last, time, lower, upper, len, abs",
+                "functions: count, sum, avg, min, max, first, last, time, lower, upper, len, abs; over a key's history also stddev, percentile",
             );
         };
         let ExprKind::Path(p) = &args[0].kind else {
@@ -600,7 +657,7 @@ impl Resolver<'_> {
             return self.err(
                 p.span,
                 format!("unknown variable `{}`", p.segments[0]),
-                &format!("aggregates take a looping variable (variables: {names})"),
+                &format!("aggregates take a looping variable (variables: {names}); to read the key's past events write `{}({}) over 30d`", func.name, p.dotted()),
             );
         };
         if !self.vars[v as usize].looping {
@@ -732,6 +789,8 @@ impl CExpr {
                 format!("{} {} {}", l.source(names), op.symbol(), r.source(names))
             }
             CExpr::FieldCmpNum(op, s, n) => format!("{} {} {n}", field(s), op.symbol()),
+            CExpr::History(q) => q.source.clone(),
+            CExpr::SincePrevious(_) => "time since previous".into(),
             _ => "(expression)".into(),
         }
     }

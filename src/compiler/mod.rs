@@ -21,6 +21,7 @@ use std::sync::Arc;
 use crate::dsl::ast::{self, Element, Pattern, Sequence, Skip};
 use crate::dsl::{self, Diagnostic, Diagnostics};
 use crate::event::{stable_hash, FieldTable};
+use crate::history::HistoryPlan;
 
 pub use expr::{Binding, CExpr, Env, Names, VarId, VarInfo};
 pub use nfa::{Entry, Node, NodeId, State};
@@ -81,6 +82,9 @@ pub struct Inner {
     pub nodes: Vec<Node>,
     pub start: NodeId,
     pub fields: FieldTable,
+    /// What is kept of each key's past ([`crate::history`]); empty for
+    /// most patterns.
+    pub history: HistoryPlan,
     pub emit: Vec<(String, CExpr)>,
     pub on_timeout: Option<Vec<(String, CExpr)>>,
     /// Canonical source of this pattern.
@@ -184,6 +188,7 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
     };
 
     let mut fields = FieldTable::default();
+    let mut history = history_plan(p, &mut errors);
     let mut conditions: Vec<Option<CExpr>> = vec![None; vars.len()];
     let mut defined = vec![false; vars.len()];
     for d in &p.defines {
@@ -209,6 +214,7 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
             vars: &vars,
             fields: &mut fields,
             errors: &mut errors,
+            history: &mut history,
         };
         let cx = Context::Condition {
             var: v,
@@ -249,6 +255,7 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
                 vars: &vars,
                 fields: &mut fields,
                 errors,
+                history: &mut history,
             };
             out.push((f.name.name.clone(), r.compile(&f.value, &Context::Output)));
         }
@@ -305,11 +312,42 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         nodes: built.nodes,
         start: built.start,
         fields,
+        history,
         emit,
         on_timeout,
         source,
         source_hash,
     })))
+}
+
+/// The history plan before any condition is compiled: how far back `time
+/// since previous` looks (the `history` clause, else the longest window).
+fn history_plan(p: &Pattern, errors: &mut Vec<Diagnostic>) -> HistoryPlan {
+    let exprs = || {
+        p.defines
+            .iter()
+            .map(|d| &d.condition)
+            .chain(p.emit.iter().map(|f| &f.value))
+            .chain(p.on_timeout.iter().flatten().map(|f| &f.value))
+    };
+    let longest = exprs().map(expr::longest_window).max().unwrap_or(0);
+    let since = exprs().find_map(expr::uses_since_previous);
+    let horizon = p.history.map_or(longest, |h| h.millis);
+    if let Some(span) = since.filter(|_| horizon == 0) {
+        errors.push(
+            Diagnostic::new(
+                span,
+                "`time since previous` needs to know how far back to look",
+            )
+            .hint(
+                "add `history 1d` to the header: each key's previous event is remembered that long",
+            ),
+        );
+    }
+    HistoryPlan {
+        tracks: Vec::new(),
+        since_horizon: if since.is_some() { horizon } else { 0 },
+    }
 }
 
 /// `Some(true)` if `name` is a negated variable, `Some(false)` if a step.

@@ -70,6 +70,9 @@ pub struct Pattern {
     pub time: TimeSpec,
     pub within: Option<Duration>,
     pub max_gap: Option<Duration>,
+    /// How far back `time since previous` looks (default: the longest
+    /// history window of the pattern).
+    pub history: Option<Duration>,
     pub skip: Skip,
     pub severity: Option<Ident>,
     pub labels: Vec<(Ident, String)>,
@@ -221,6 +224,22 @@ pub enum ExprKind {
         func: Ident,
         args: Vec<Expr>,
     },
+    /// `avg(amount) over 30d [with at least 5 events]`: an aggregate of
+    /// the key's own past events (`call` is a [`ExprKind::Call`]).
+    Over {
+        call: Box<Expr>,
+        window: Duration,
+        at_least: Option<u32>,
+    },
+    /// `country [not] seen in 90d [with at least 5 events]`.
+    Seen {
+        value: Box<Expr>,
+        negated: bool,
+        window: Duration,
+        at_least: Option<u32>,
+    },
+    /// `time since previous`: since the key's previous event.
+    SincePrevious,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -257,6 +257,9 @@ impl Parser {
                     self.expect_word("gap", "the clause is `max gap 6h`")?;
                     h.max_gap = Some(self.duration("the gap is a duration: `max gap 6h`")?);
                 }
+                "history" => {
+                    h.history = Some(self.duration("the look-back is a duration: `history 90d`")?)
+                }
                 "skip" => h.skip = Some(self.skip()?),
                 "severity" => h.severity = Some(self.ident("a severity such as `high`")?),
                 "labels" => loop {
@@ -344,6 +347,7 @@ impl Parser {
             time,
             within: h.within,
             max_gap: h.max_gap,
+            history: h.history,
             skip: h.skip.unwrap_or_default(),
             severity: h.severity,
             labels: h.labels,
@@ -563,7 +567,7 @@ impl Parser {
     }
 }
 
-const HEADER_HINT: &str = "header clauses are `version`, `description`, `from`, `key`, `time`, `within`, `max gap`, `skip`, `severity`, `labels`; the sequence follows `match`";
+const HEADER_HINT: &str = "header clauses are `version`, `description`, `from`, `key`, `time`, `within`, `max gap`, `history`, `skip`, `severity`, `labels`; the sequence follows `match`";
 
 #[derive(Default)]
 struct Header {
@@ -575,6 +579,7 @@ struct Header {
     time: Option<TimeSpec>,
     within: Option<Duration>,
     max_gap: Option<Duration>,
+    history: Option<Duration>,
     skip: Option<Skip>,
     severity: Option<Ident>,
     labels: Vec<(Ident, String)>,

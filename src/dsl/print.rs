@@ -55,6 +55,9 @@ pub fn print_pattern(p: &Pattern) -> String {
     if let Some(g) = p.max_gap {
         let _ = writeln!(o, "  max gap {}", duration(g.millis));
     }
+    if let Some(h) = p.history {
+        let _ = writeln!(o, "  history {}", duration(h.millis));
+    }
     match &p.skip {
         Skip::PastLast => {}
         Skip::NoSkip => o.push_str("  skip none\n"),
@@ -250,7 +253,10 @@ pub fn duration(ms: i64) -> String {
 fn precedence(e: &Expr) -> u8 {
     match &e.kind {
         ExprKind::Binary(op, _, _) => op.precedence(),
-        ExprKind::In { .. } | ExprKind::Matches { .. } | ExprKind::Is { .. } => 4,
+        ExprKind::In { .. }
+        | ExprKind::Matches { .. }
+        | ExprKind::Is { .. }
+        | ExprKind::Seen { .. } => 4,
         ExprKind::Unary(UnaryOp::Not, _) => 3,
         // A folded negative literal must be parenthesised like a negation.
         ExprKind::Literal(Literal::Int(i)) if *i < 0 => 7,
@@ -327,7 +333,34 @@ pub fn expr(e: &Expr) -> String {
             let args: Vec<String> = args.iter().map(expr).collect();
             format!("{}({})", func.name, args.join(", "))
         }
+        ExprKind::Over {
+            call,
+            window,
+            at_least,
+        } => format!(
+            "{} over {}{}",
+            expr(call),
+            duration(window.millis),
+            at_least_clause(*at_least)
+        ),
+        ExprKind::Seen {
+            value,
+            negated,
+            window,
+            at_least,
+        } => format!(
+            "{} {}seen in {}{}",
+            wrap(value, precedence(value) <= 4),
+            if *negated { "not " } else { "" },
+            duration(window.millis),
+            at_least_clause(*at_least)
+        ),
+        ExprKind::SincePrevious => "time since previous".into(),
     }
+}
+
+fn at_least_clause(n: Option<u32>) -> String {
+    n.map_or_else(String::new, |n| format!(" with at least {n} events"))
 }
 
 fn literal(l: &Literal) -> String {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::compiler::expr::MatchInfo;
 use crate::compiler::{Automaton, Binding, CExpr, Env};
 use crate::event::{stable_hash, Key};
+use crate::history::KeyHistory;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,15 +58,16 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-/// Builds the alert for a run's bindings.
+/// Builds the alert for a run's bindings; outputs read the key's history
+/// as of the given time.
 pub fn build(
     a: &Automaton,
     kind: AlertKind,
     key: &Key,
     bindings: &[Binding],
-    start: i64,
-    end: i64,
+    (start, end): (i64, i64),
     include_events: bool,
+    history: (Option<&KeyHistory>, i64),
 ) -> Alert {
     let env = Env {
         current: None,
@@ -73,6 +75,8 @@ pub fn build(
         key: Some(key),
         start,
         end,
+        history: history.0,
+        history_at: history.1,
     };
     let outputs: &[(String, CExpr)] = match kind {
         AlertKind::Match => &a.emit,

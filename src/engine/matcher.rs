@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::compiler::{Automaton, Binding, Entry, Env, Names, NodeId, SkipPlan};
 use crate::dsl::ast::Contiguity;
 use crate::event::{Event, Key};
+use crate::history::KeyHistory;
 
 use super::alert::{self, Alert, AlertKind};
 use super::trace::{Note, Trace};
@@ -63,6 +64,10 @@ pub struct KeyRuns {
     /// Deadline of this key's pending timer (runs without a window have
     /// one at the end of time, which only the end of input reaches).
     scheduled: Option<i64>,
+    /// What the key's past events say, for a pattern that asks
+    /// ([`crate::history`]); kept until it can answer nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<KeyHistory>,
 }
 
 /// Counters of one pattern.
@@ -74,6 +79,9 @@ pub struct MatchStats {
     pub runs_started: u64,
     pub runs_expired: u64,
     pub runs_dropped: u64,
+    /// Values a `seen in` forgot at its cap ([`crate::history::SEEN_CAP`]).
+    #[serde(default)]
+    pub history_evictions: u64,
 }
 
 /// All run state of one pattern. Plain data: serialisable as a whole, or
@@ -196,6 +204,33 @@ impl Matcher {
         }
     }
 
+    /// Takes over the key histories of `from`, the state of `old`, an
+    /// earlier version of `new`'s pattern: what both versions keep (same
+    /// field and window) carries over, so a changed threshold does not
+    /// make every card look new.
+    pub fn adopt_history(&mut self, from: &Matcher, old: &Automaton, new: &Automaton) {
+        if old.history.tracks.is_empty() || new.history.is_empty() {
+            return;
+        }
+        for (k, ks) in &from.keys {
+            let Some(h) = &ks.history else { continue };
+            let carried = h.carried(&old.history, &new.history);
+            let forget = carried.expires_at(&new.history);
+            let entry = self.keys.entry(k.clone()).or_default();
+            entry.history = Some(carried);
+            if entry.scheduled.is_none_or(|s| forget < s) {
+                entry.scheduled = Some(forget);
+                self.timers.push(Reverse((forget, k.clone())));
+            }
+        }
+    }
+
+    /// Drops the keys that hold only history (a version starting to
+    /// drain keeps what its open runs need).
+    pub fn keep_only_runs(&mut self) {
+        self.keys.retain(|_, ks| !ks.runs.is_empty());
+    }
+
     /// Rebuilds the timer queue from the keys' deadlines (after a restore).
     pub fn rebuild_timers(&mut self) {
         self.timers = self
@@ -220,9 +255,15 @@ impl Matcher {
             });
             t.offset = n - self.keys.get(&ev.key).map_or(0, |k| k.next_pos);
         }
-        if !self.keys.contains_key(&ev.key) && (!lim.start_runs || !can_start(a, &ev)) {
+        // Every event of a key goes into its history; without one, an event
+        // that starts nothing for a key without runs changes nothing.
+        let records = !a.history.is_empty() && lim.start_runs;
+        if !records
+            && !self.keys.contains_key(&ev.key)
+            && (!lim.start_runs || !can_start(a, &ev, None))
+        {
             if traced {
-                let why = start_refusals(a, &ev);
+                let why = start_refusals(a, &ev, None);
                 let t = self.trace.as_mut().expect("traced");
                 t.trace.notes.push(Note::NotStarted { why });
             }
@@ -230,6 +271,15 @@ impl Matcher {
         }
         let ev = Arc::new(ev);
         let ks = self.keys.entry(ev.key.clone()).or_default();
+        let history = match ks.history.take() {
+            None if records => Some(KeyHistory::new(&a.history)),
+            h => h,
+        };
+        if traced && records && !can_start(a, &ev, history.as_ref()) {
+            let why = start_refusals(a, &ev, history.as_ref());
+            let t = self.trace.as_mut().expect("traced");
+            t.trace.notes.push(Note::NotStarted { why });
+        }
         let mut cx = Step {
             a,
             key: &ev.key,
@@ -238,6 +288,7 @@ impl Matcher {
             stats: &mut self.stats,
             trace: self.trace.as_deref_mut().filter(|_| traced),
             floor_run: 0,
+            history: history.as_ref(),
         };
         // Runs whose window closed before this event end first.
         cx.expire(ks, ev.time);
@@ -249,8 +300,30 @@ impl Matcher {
             ks.runs.drain(..excess);
             self.stats.runs_dropped += excess as u64;
         }
-        let key = ev.key.clone();
-        self.reschedule(a, key, lim);
+        // Recorded after every condition saw the event: history excludes it.
+        if let Some(mut h) = history {
+            self.stats.history_evictions += h.record(&a.history, &ev);
+            ks.history = Some(h);
+        }
+        // As `reschedule`, on the entry at hand (one lookup per event).
+        let timer = match next_deadline(a, ks, lim) {
+            None => None,
+            Some(d) if ks.scheduled.is_none_or(|s| d < s) => {
+                ks.scheduled = Some(d);
+                Some(Some(d))
+            }
+            Some(_) => Some(None),
+        };
+        if lim.track_changes && !self.changed.contains(&ev.key) {
+            self.changed.insert(ev.key.clone());
+        }
+        match timer {
+            None => {
+                self.keys.remove(&ev.key);
+            }
+            Some(Some(d)) => self.timers.push(Reverse((d, ev.key.clone()))),
+            Some(None) => {}
+        }
     }
 
     /// Fires every deadline at or before `watermark`.
@@ -280,6 +353,7 @@ impl Matcher {
             }
             ks.scheduled = None;
             let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == key);
+            let history = ks.history.take();
             let mut cx = Step {
                 a,
                 key: &key,
@@ -288,8 +362,11 @@ impl Matcher {
                 stats: &mut self.stats,
                 trace: self.trace.as_deref_mut().filter(|_| traced),
                 floor_run: 0,
+                history: history.as_ref(),
             };
             cx.expire(ks, watermark);
+            // A history that can answer nothing any more goes.
+            ks.history = history.filter(|h| h.expires_at(&a.history) > watermark);
             self.reschedule(a, key, lim);
         }
     }
@@ -303,11 +380,10 @@ impl Matcher {
         let Some(ks) = self.keys.get_mut(&key) else {
             return;
         };
-        if ks.runs.is_empty() {
+        let Some(deadline) = next_deadline(a, ks, lim) else {
             self.keys.remove(&key);
             return;
-        }
-        let deadline = ks.runs.iter().map(|r| deadline(a, r)).min().unwrap();
+        };
         if ks.scheduled.is_none_or(|s| deadline < s) {
             ks.scheduled = Some(deadline);
             self.timers.push(Reverse((deadline, key)));
@@ -315,15 +391,29 @@ impl Matcher {
     }
 }
 
+/// The key's next deadline (its earliest run's, or when its history can
+/// answer nothing any more); `None` when the key holds nothing and goes.
+fn next_deadline(a: &Automaton, ks: &mut KeyRuns, lim: Limits) -> Option<i64> {
+    if !lim.start_runs && ks.runs.is_empty() {
+        // A draining version keeps history only for its open runs.
+        ks.history = None;
+    }
+    let runs = ks.runs.iter().map(|r| deadline(a, r)).min();
+    let forget = ks.history.as_ref().map(|h| h.expires_at(&a.history));
+    runs.into_iter().chain(forget).min()
+}
+
 /// Why no entry of the start node takes `ev`: each condition with the
 /// values it saw.
-fn start_refusals(a: &Automaton, ev: &Event) -> Vec<String> {
+fn start_refusals(a: &Automaton, ev: &Event, history: Option<&KeyHistory>) -> Vec<String> {
     let env = Env {
         current: Some(ev),
         bindings: &[],
         key: None,
         start: 0,
         end: 0,
+        history,
+        history_at: ev.time,
     };
     let names = Names {
         fields: &a.fields.paths,
@@ -345,13 +435,15 @@ fn start_refusals(a: &Automaton, ev: &Event) -> Vec<String> {
 
 /// Whether `ev` could start a run: some entry of the start node takes it.
 #[inline]
-fn can_start(a: &Automaton, ev: &Event) -> bool {
+fn can_start(a: &Automaton, ev: &Event, history: Option<&KeyHistory>) -> bool {
     let env = Env {
         current: Some(ev),
         bindings: &[],
         key: None,
         start: 0,
         end: 0,
+        history,
+        history_at: ev.time,
     };
     a.nodes[a.start as usize].entries.iter().any(|e| match e {
         Entry::Consume { var, .. } => a.conditions[*var as usize]
@@ -381,6 +473,8 @@ struct Step<'a> {
     trace: Option<&'a mut Traced>,
     /// The run whose match set the current skip floor (for the trace).
     floor_run: u64,
+    /// The key's history before the current event.
+    history: Option<&'a KeyHistory>,
 }
 
 enum Settle {
@@ -405,7 +499,9 @@ impl Step<'_> {
     /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
     fn offer(&mut self, ks: &mut KeyRuns, ev: &Arc<Event>, pos: u64) {
         let old = std::mem::take(&mut ks.runs);
-        let mut next: Vec<Run> = Vec::with_capacity(old.len() + 1);
+        // Sized for the runs and one new one; nothing is allocated for a
+        // key without runs unless one starts (a key kept for its history).
+        let mut next: Vec<Run> = Vec::with_capacity(old.len() + !old.is_empty() as usize);
         let mut floor = 0u64;
         for run in old {
             if run.start_pos < floor {
@@ -452,6 +548,8 @@ impl Step<'_> {
                 key: Some(self.key),
                 start: run.start_time,
                 end: ev.time,
+                history: self.history,
+                history_at: ev.time,
             };
             for g in &node.guards {
                 if alive & g.mask != 0
@@ -563,7 +661,12 @@ impl Step<'_> {
             return;
         }
         match self.settle(run) {
-            Settle::Wait(run) => next.push(run),
+            Settle::Wait(run) => {
+                if next.capacity() == 0 {
+                    next.reserve_exact(1);
+                }
+                next.push(run);
+            }
             Settle::Accept(run) => {
                 let f = self.emit_match(&run, None);
                 let r = run.start_pos;
@@ -615,9 +718,9 @@ impl Step<'_> {
             AlertKind::Match,
             self.key,
             &run.bindings,
-            run.start_time,
-            end,
+            (run.start_time, end),
             self.lim.include_events,
+            (self.history, end),
         ));
         let first_pos = |v| run.bindings.iter().find(|b| b.var == v).map(|b| b.pos);
         let last_pos = |v| {
@@ -685,9 +788,10 @@ impl Step<'_> {
                     AlertKind::Timeout,
                     self.key,
                     &run.bindings,
-                    run.start_time,
-                    run.last_time,
+                    (run.start_time, run.last_time),
                     self.lim.include_events,
+                    // History as of the window's close.
+                    (self.history, d),
                 ));
             }
         }

@@ -135,7 +135,7 @@ impl Engine {
             let back = automata.iter().any(|a| live_match(o, st, a));
             let replaced = automata.iter().any(|a| a.name == o.name) && !back;
             // Buffered events cannot start runs in a draining version.
-            let open = st.matcher.active_keys() > 0;
+            let open = st.matcher.active_runs() > 0;
             if (st.draining || (replaced && drain(&o.name))) && open && !back {
                 let (o, mut st) = old.swap_remove(i);
                 st.draining = true;
@@ -164,14 +164,16 @@ impl Engine {
                         .iter()
                         .chain(draining.iter())
                         .find(|(o, _)| o.name == a.name);
-                    if let Some((_, prev)) = prev {
+                    if let Some((o, prev)) = prev {
                         st.buffer.advance_to(prev.buffer.watermark());
+                        st.matcher.adopt_history(&prev.matcher, o, a);
                     }
                     fresh.push(a.name.clone());
                 }
             }
         }
-        for ((_, st), (_, d)) in next.patterns.iter_mut().skip(live).zip(draining) {
+        for ((_, st), (_, mut d)) in next.patterns.iter_mut().skip(live).zip(draining) {
+            d.matcher.keep_only_runs();
             *st = d;
         }
         *self = next;

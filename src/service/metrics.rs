@@ -46,12 +46,17 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     (
         "cep_active_keys",
         "gauge",
-        "Keys with live partial matches, per pattern.",
+        "Keys with state (live partial matches or per-key history), per pattern.",
     ),
     (
         "cep_runs_dropped_total",
         "counter",
         "Runs dropped by max_runs_per_key, per pattern.",
+    ),
+    (
+        "cep_history_evictions_total",
+        "counter",
+        "Values a `seen in` forgot at its per-key cap (256), per pattern: such a value reads as not seen if it returns.",
     ),
     (
         "cep_watermark_lag_seconds",

@@ -664,7 +664,7 @@ impl Pipeline {
             }
         }
         // Per pattern, summed over the tasks.
-        let mut sums: BTreeMap<String, [u64; 5]> = BTreeMap::new();
+        let mut sums: BTreeMap<String, [u64; 6]> = BTreeMap::new();
         let mut draining: BTreeMap<(String, u32), u64> = BTreeMap::new();
         for slot in self.tasks.values() {
             for s in slot.task.engine().stats() {
@@ -679,6 +679,7 @@ impl Pipeline {
                 sum[2] += s.active_keys as u64;
                 sum[3] += s.matched.runs_dropped;
                 sum[4] += s.shadow_alerts;
+                sum[5] += s.matched.history_evictions;
             }
         }
         for (pattern, sum) in sums {
@@ -689,6 +690,7 @@ impl Pipeline {
                 "cep_active_keys",
                 "cep_runs_dropped_total",
                 "cep_shadow_alerts_total",
+                "cep_history_evictions_total",
             ];
             for (name, v) in names.iter().zip(sum) {
                 m.set(name, &l, v as f64);

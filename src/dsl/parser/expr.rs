@@ -134,6 +134,25 @@ impl Parser {
                 },
             }));
         }
+        let negated_seen = self.is_word("not") && self.peek_at(1) == &Tok::Word("seen".into());
+        if self.is_word("seen") || negated_seen {
+            if negated_seen {
+                self.bump();
+            }
+            self.bump();
+            self.expect_word("in", "write `country not seen in 90d`")?;
+            let window = self.duration("the look-back is a duration: `seen in 90d`")?;
+            let at_least = self.at_least()?;
+            return Ok(Some(Expr {
+                span: lhs.span.to(self.prev_span()),
+                kind: ExprKind::Seen {
+                    value: Box::new(lhs.clone()),
+                    negated: negated_seen,
+                    window,
+                    at_least,
+                },
+            }));
+        }
         if self.eat_word("is") {
             let negated = self.eat_word("not");
             let test = if self.eat_word("null") {
@@ -232,6 +251,19 @@ impl Parser {
                     span: t.span.to(span),
                 })
             }
+            Tok::Word(w)
+                if w == "time"
+                    && self.peek_at(1) == &Tok::Word("since".into())
+                    && self.peek_at(2) == &Tok::Word("previous".into()) =>
+            {
+                self.bump();
+                self.bump();
+                let end = self.bump().span;
+                Ok(Expr {
+                    kind: ExprKind::SincePrevious,
+                    span: t.span.to(end),
+                })
+            }
             // `end` names the match's end time in outputs (`emit e = end`);
             // it closes the block only where a block may close.
             Tok::Word(w)
@@ -263,10 +295,11 @@ impl Parser {
                     }
                 }
                 let end = self.expect_punct(")", "close the argument list with `)`")?;
-                Ok(Expr {
+                let call = Expr {
                     span: func.span.to(end),
                     kind: ExprKind::Call { func, args },
-                })
+                };
+                self.over(call)
             }
             Tok::Word(_) | Tok::Quoted(_) => {
                 let path = self.path()?;
@@ -279,5 +312,55 @@ impl Parser {
                 "values are numbers, strings, durations (`5m`), `true`, `false`, `null` or field names",
             )),
         }
+    }
+
+    /// `call over 30d [with at least N events]`, or the call itself.
+    fn over(&mut self, call: Expr) -> PResult<Expr> {
+        if !self.eat_word("over") {
+            return Ok(call);
+        }
+        let window = self.duration("the look-back is a duration: `avg(amount) over 30d`")?;
+        let at_least = self.at_least()?;
+        Ok(Expr {
+            span: call.span.to(self.prev_span()),
+            kind: ExprKind::Over {
+                call: Box::new(call),
+                window,
+                at_least,
+            },
+        })
+    }
+
+    /// `with at least N events`, after a history window.
+    fn at_least(&mut self) -> PResult<Option<u32>> {
+        if !(self.is_word("with") && self.peek_at(1) == &Tok::Word("at".into())) {
+            return Ok(None);
+        }
+        self.bump();
+        self.bump();
+        let hint = "write `with at least 5 events`";
+        self.expect_word("least", hint)?;
+        let n = match self.peek().tok {
+            Tok::Int(n) if n > 0 && n <= u32::MAX as i64 => {
+                self.bump();
+                n as u32
+            }
+            Tok::Int(_) => {
+                return Err(Diagnostic::new(
+                    self.peek().span,
+                    "`with at least` counts from 1 to 4294967295 events",
+                )
+                .hint("drop the clause to accept any history, or write `with at least 5 events`"))
+            }
+            _ => {
+                return Err(self
+                    .unexpected("a number of events")
+                    .hint("at least one event: `with at least 5 events`"))
+            }
+        };
+        if !self.eat_word("events") && !self.eat_word("event") {
+            return Err(self.unexpected("`events`").hint(hint));
+        }
+        Ok(Some(n))
     }
 }
