@@ -84,3 +84,40 @@ fn without_drain_the_replaced_pattern_drops_its_runs() {
     e.flush(&mut out);
     assert!(alerts(&mut out).is_empty());
 }
+
+fn history_pattern(factor: u32, window: &str) -> Vec<Automaton> {
+    let src = format!(
+        "pattern unusual\n  from cards key card time ts\n  match big\n  define big as amount > {factor} * avg(amount) over {window} with at least 3 events\nend\n"
+    );
+    compile_source("h.cep", &src).unwrap()
+}
+
+fn charge(e: &mut Engine, ts: i64, amount: f64, out: &mut Output) {
+    let doc = serde_json::json!({"card": "c1", "ts": ts, "amount": amount});
+    e.push(None, &Arc::new(doc), ts as u64, out);
+}
+
+/// A changed pattern keeps what its old version knew of each key's past
+/// (same fields and windows), in drain and restart mode alike: a card is
+/// not new again because a threshold moved. A window the old version did
+/// not keep starts empty.
+#[test]
+fn a_replaced_pattern_keeps_the_history_both_versions_read() {
+    for drain in [true, false] {
+        for (window, alerts) in [("1d", 1), ("2d", 0)] {
+            let mut e = Engine::new(history_pattern(5, "1d"), EngineConfig::default());
+            let mut out = Output::default();
+            for ts in [1_000, 2_000, 3_000] {
+                charge(&mut e, ts, 20.0, &mut out);
+            }
+            e.swap_patterns_with(history_pattern(4, window), |_| drain);
+            // 90 is over 4 times the card's usual 20, if the usual is known.
+            charge(&mut e, 5_000, 90.0, &mut out);
+            assert_eq!(
+                out.alerts.len(),
+                alerts,
+                "drain {drain}, new window {window}"
+            );
+        }
+    }
+}
