@@ -130,7 +130,10 @@ fn main() {
             values: 300,
         },
     ];
-    match std::env::args().nth(1).and_then(|a| a.parse::<usize>().ok()) {
+    match std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse::<usize>().ok())
+    {
         Some(i) if i < shapes.len() => measure(&shapes[i]),
         _ => {
             let me = std::env::current_exe().expect("own path");

@@ -344,10 +344,7 @@ fn history_plan(p: &Pattern, errors: &mut Vec<Diagnostic>) -> HistoryPlan {
             ),
         );
     }
-    HistoryPlan {
-        tracks: Vec::new(),
-        since_horizon: if since.is_some() { horizon } else { 0 },
-    }
+    HistoryPlan::new(if since.is_some() { horizon } else { 0 })
 }
 
 /// `Some(true)` if `name` is a negated variable, `Some(false)` if a step.

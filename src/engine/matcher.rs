@@ -105,6 +105,11 @@ pub struct Matcher {
     /// The key `cep why` asks about, and what happened to it.
     #[serde(skip)]
     trace: Option<Box<Traced>>,
+    /// When the watermark next sweeps out histories that can answer
+    /// nothing (see [`Matcher::sweep`]); the first advance after a restore
+    /// sweeps.
+    #[serde(skip)]
+    sweep_at: i64,
 }
 
 /// A trace, and how its event numbers relate to the key's positions.
@@ -215,13 +220,7 @@ impl Matcher {
         for (k, ks) in &from.keys {
             let Some(h) = &ks.history else { continue };
             let carried = h.carried(&old.history, &new.history);
-            let forget = carried.expires_at(&new.history);
-            let entry = self.keys.entry(k.clone()).or_default();
-            entry.history = Some(carried);
-            if entry.scheduled.is_none_or(|s| forget < s) {
-                entry.scheduled = Some(forget);
-                self.timers.push(Reverse((forget, k.clone())));
-            }
+            self.keys.entry(k.clone()).or_default().history = Some(carried);
         }
     }
 
@@ -246,14 +245,7 @@ impl Matcher {
         self.stats.events += 1;
         let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == ev.key);
         if traced {
-            let t = self.trace.as_mut().expect("traced");
-            let n = t.seen;
-            t.seen += 1;
-            t.trace.notes.push(Note::Event {
-                pos: n,
-                time: ev.time,
-            });
-            t.offset = n - self.keys.get(&ev.key).map_or(0, |k| k.next_pos);
+            self.note_event(&ev);
         }
         // Every event of a key goes into its history; without one, an event
         // that starts nothing for a key without runs changes nothing.
@@ -263,13 +255,10 @@ impl Matcher {
             && (!lim.start_runs || !can_start(a, &ev, None))
         {
             if traced {
-                let why = start_refusals(a, &ev, None);
-                let t = self.trace.as_mut().expect("traced");
-                t.trace.notes.push(Note::NotStarted { why });
+                self.note_not_started(start_refusals(a, &ev, None));
             }
             return;
         }
-        let ev = Arc::new(ev);
         let ks = self.keys.entry(ev.key.clone()).or_default();
         let history = match ks.history.take() {
             None if records => Some(KeyHistory::new(&a.history)),
@@ -277,52 +266,88 @@ impl Matcher {
         };
         if traced && records && !can_start(a, &ev, history.as_ref()) {
             let why = start_refusals(a, &ev, history.as_ref());
-            let t = self.trace.as_mut().expect("traced");
-            t.trace.notes.push(Note::NotStarted { why });
+            if let Some(t) = self.trace.as_mut() {
+                t.trace.notes.push(Note::NotStarted { why });
+            }
         }
-        let mut cx = Step {
-            a,
-            key: &ev.key,
-            lim,
-            out,
-            stats: &mut self.stats,
-            trace: self.trace.as_deref_mut().filter(|_| traced),
-            floor_run: 0,
-            history: history.as_ref(),
+        // A key that holds only history, and an event that starts nothing:
+        // there is nothing to offer it to (and no need to share it).
+        let idle = ks.runs.is_empty() && !(lim.start_runs && can_start(a, &ev, history.as_ref()));
+        let shared;
+        let ev: &Event = if idle {
+            ks.next_pos += 1;
+            &ev
+        } else {
+            shared = Arc::new(ev);
+            let mut cx = Step {
+                a,
+                key: &shared.key,
+                lim,
+                out,
+                stats: &mut self.stats,
+                trace: self.trace.as_deref_mut().filter(|_| traced),
+                floor_run: 0,
+                history: history.as_ref(),
+            };
+            // Runs whose window closed before this event end first.
+            cx.expire(ks, shared.time);
+            let pos = ks.next_pos;
+            ks.next_pos += 1;
+            cx.offer(ks, &shared, pos);
+            if ks.runs.len() > lim.max_runs_per_key {
+                let excess = ks.runs.len() - lim.max_runs_per_key;
+                ks.runs.drain(..excess);
+                self.stats.runs_dropped += excess as u64;
+            }
+            &shared
         };
-        // Runs whose window closed before this event end first.
-        cx.expire(ks, ev.time);
-        let pos = ks.next_pos;
-        ks.next_pos += 1;
-        cx.offer(ks, &ev, pos);
-        if ks.runs.len() > lim.max_runs_per_key {
-            let excess = ks.runs.len() - lim.max_runs_per_key;
-            ks.runs.drain(..excess);
-            self.stats.runs_dropped += excess as u64;
-        }
         // Recorded after every condition saw the event: history excludes it.
         if let Some(mut h) = history {
-            self.stats.history_evictions += h.record(&a.history, &ev);
+            self.stats.history_evictions += h.record(&a.history, ev);
             ks.history = Some(h);
         }
         // As `reschedule`, on the entry at hand (one lookup per event).
-        let timer = match next_deadline(a, ks, lim) {
-            None => None,
-            Some(d) if ks.scheduled.is_none_or(|s| d < s) => {
+        let next = next_deadline(a, ks, lim);
+        let push = match next {
+            Next::At(d) if ks.scheduled.is_none_or(|s| d < s) => {
                 ks.scheduled = Some(d);
-                Some(Some(d))
+                Some(d)
             }
-            Some(_) => Some(None),
+            _ => None,
         };
-        if lim.track_changes && !self.changed.contains(&ev.key) {
-            self.changed.insert(ev.key.clone());
+        self.settle(&ev.key, next, push, lim);
+    }
+
+    /// After an event: lists the key as changed, drops it if it holds
+    /// nothing, queues its new timer.
+    fn settle(&mut self, key: &Key, next: Next, push: Option<i64>, lim: Limits) {
+        if lim.track_changes && !self.changed.contains(key) {
+            self.changed.insert(key.clone());
         }
-        match timer {
-            None => {
-                self.keys.remove(&ev.key);
-            }
-            Some(Some(d)) => self.timers.push(Reverse((d, ev.key.clone()))),
-            Some(None) => {}
+        if let Next::Gone = next {
+            self.keys.remove(key);
+        }
+        if let Some(d) = push {
+            self.timers.push(Reverse((d, key.clone())));
+        }
+    }
+
+    /// Notes an event of the traced key.
+    fn note_event(&mut self, ev: &Event) {
+        let next_pos = self.keys.get(&ev.key).map_or(0, |k| k.next_pos);
+        let Some(t) = self.trace.as_mut() else { return };
+        let n = t.seen;
+        t.seen += 1;
+        t.trace.notes.push(Note::Event {
+            pos: n,
+            time: ev.time,
+        });
+        t.offset = n - next_pos;
+    }
+
+    fn note_not_started(&mut self, why: Vec<String>) {
+        if let Some(t) = self.trace.as_mut() {
+            t.trace.notes.push(Note::NotStarted { why });
         }
     }
 
@@ -337,6 +362,34 @@ impl Matcher {
         {
             self.fire(a, watermark, lim, out);
         }
+        if watermark >= self.sweep_at && !a.history.is_empty() {
+            self.sweep(a, watermark, lim);
+        }
+    }
+
+    /// Drops the histories that can answer nothing any more, and keys left
+    /// with nothing. One pass over the keys every quarter of the history's
+    /// retention (of event time) instead of a timer per key: cheaper per
+    /// event and in memory, and when a history goes changes no answer
+    /// (questions only read what is within their window).
+    fn sweep(&mut self, a: &Automaton, watermark: i64, lim: Limits) {
+        let changed = &mut self.changed;
+        self.keys.retain(|k, ks| {
+            if ks
+                .history
+                .as_ref()
+                .is_some_and(|h| h.expires_at(&a.history) <= watermark)
+            {
+                ks.history = None;
+                if lim.track_changes {
+                    changed.insert(k.clone());
+                }
+            }
+            !ks.runs.is_empty() || ks.history.is_some()
+        });
+        // At most once a minute of event time, however short the windows.
+        let every = (a.history.retention() / 4).max(60_000);
+        self.sweep_at = watermark.saturating_add(every);
     }
 
     fn fire(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
@@ -365,8 +418,7 @@ impl Matcher {
                 history: history.as_ref(),
             };
             cx.expire(ks, watermark);
-            // A history that can answer nothing any more goes.
-            ks.history = history.filter(|h| h.expires_at(&a.history) > watermark);
+            ks.history = history;
             self.reschedule(a, key, lim);
         }
     }
@@ -380,9 +432,13 @@ impl Matcher {
         let Some(ks) = self.keys.get_mut(&key) else {
             return;
         };
-        let Some(deadline) = next_deadline(a, ks, lim) else {
-            self.keys.remove(&key);
-            return;
+        let deadline = match next_deadline(a, ks, lim) {
+            Next::Gone => {
+                self.keys.remove(&key);
+                return;
+            }
+            Next::Idle => return,
+            Next::At(d) => d,
         };
         if ks.scheduled.is_none_or(|s| deadline < s) {
             ks.scheduled = Some(deadline);
@@ -391,16 +447,26 @@ impl Matcher {
     }
 }
 
-/// The key's next deadline (its earliest run's, or when its history can
-/// answer nothing any more); `None` when the key holds nothing and goes.
-fn next_deadline(a: &Automaton, ks: &mut KeyRuns, lim: Limits) -> Option<i64> {
+/// What a key waits for after a change.
+enum Next {
+    /// Nothing: the key goes.
+    Gone,
+    /// No run, only history (dropped by [`Matcher::sweep`]).
+    Idle,
+    /// Its earliest run's deadline.
+    At(i64),
+}
+
+fn next_deadline(a: &Automaton, ks: &mut KeyRuns, lim: Limits) -> Next {
     if !lim.start_runs && ks.runs.is_empty() {
         // A draining version keeps history only for its open runs.
         ks.history = None;
     }
-    let runs = ks.runs.iter().map(|r| deadline(a, r)).min();
-    let forget = ks.history.as_ref().map(|h| h.expires_at(&a.history));
-    runs.into_iter().chain(forget).min()
+    match ks.runs.iter().map(|r| deadline(a, r)).min() {
+        Some(d) => Next::At(d),
+        None if ks.history.is_some() => Next::Idle,
+        None => Next::Gone,
+    }
 }
 
 /// Why no entry of the start node takes `ev`: each condition with the

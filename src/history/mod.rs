@@ -57,6 +57,9 @@ pub struct HistoryPlan {
     pub tracks: Vec<TrackSpec>,
     /// How far back `time since previous` looks (ms); 0 when unused.
     pub since_horizon: i64,
+    /// [`HistoryPlan::retention`], kept up to date as tracks are added
+    /// (read for every event).
+    retention: i64,
 }
 
 /// One thing kept per key, over one window.
@@ -99,9 +102,23 @@ impl HistoryPlan {
         self.tracks.iter().map(|t| t.window).max().unwrap_or(0)
     }
 
+    /// A plan for `time since previous` looking back `horizon` (0: unused).
+    pub fn new(since_horizon: i64) -> HistoryPlan {
+        let mut plan = HistoryPlan {
+            since_horizon,
+            ..HistoryPlan::default()
+        };
+        plan.retention = plan.compute_retention();
+        plan
+    }
+
     /// How long after a key's newest event its history can still answer
     /// anything: the key's history is dropped after that.
     pub fn retention(&self) -> i64 {
+        self.retention
+    }
+
+    fn compute_retention(&self) -> i64 {
         let tracks = self.tracks.iter().map(|t| match t.kind {
             // The oldest bucket read starts at most 33 widths back (a width
             // is at least 1 ms, so short windows read further than `window`).
@@ -144,6 +161,7 @@ impl HistoryPlan {
             .filter(|t| seen(&t.kind) == seen(&kind))
             .count() as u16;
         self.tracks.push(TrackSpec { kind, window, nth });
+        self.retention = self.compute_retention();
         nth
     }
 
@@ -240,7 +258,8 @@ pub struct KeyHistory {
     /// no extra cache miss per event (measured: see BENCHMARKS.md).
     #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
     buckets: SmallVec<[Bucket; 1]>,
-    /// One set per `seen in` track.
+    /// One set per `seen in` track (boxed: the key's entry stays small,
+    /// which decides how many entries stay in cache).
     #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
     seen: Box<[SeenValues]>,
 }
@@ -580,7 +599,8 @@ impl Summary {
 /// the value, time), sorted by hash.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct SeenValues {
-    last_seen: Vec<(u64, i64)>,
+    /// The first inline: most keys use one value (a card's home country).
+    last_seen: SmallVec<[(u64, i64); 1]>,
 }
 
 impl SeenValues {

@@ -4,7 +4,7 @@ use super::*;
 use crate::event::Key;
 
 fn plan() -> HistoryPlan {
-    let mut p = HistoryPlan::default();
+    let mut p = HistoryPlan::new(500);
     let amount = Field {
         slot: 0,
         path: vec!["amount".into()],
@@ -25,7 +25,6 @@ fn plan() -> HistoryPlan {
         },
         1000,
     );
-    p.since_horizon = 500;
     p
 }
 
