@@ -260,10 +260,16 @@ impl Matcher {
             return;
         }
         let ks = self.keys.entry(ev.key.clone()).or_default();
-        let history = match ks.history.take() {
-            None if records => Some(KeyHistory::new(&a.history)),
-            h => h,
-        };
+        if records && ks.history.is_none() {
+            ks.history = Some(KeyHistory::new(&a.history));
+        }
+        // Borrowed field by field: the runs change, the history is read.
+        let KeyRuns {
+            runs,
+            next_pos,
+            history,
+            ..
+        } = &mut *ks;
         if traced && records && !can_start(a, &ev, history.as_ref()) {
             let why = start_refusals(a, &ev, history.as_ref());
             if let Some(t) = self.trace.as_mut() {
@@ -272,10 +278,10 @@ impl Matcher {
         }
         // A key that holds only history, and an event that starts nothing:
         // there is nothing to offer it to (and no need to share it).
-        let idle = ks.runs.is_empty() && !(lim.start_runs && can_start(a, &ev, history.as_ref()));
+        let idle = runs.is_empty() && !(lim.start_runs && can_start(a, &ev, history.as_ref()));
         let shared;
         let ev: &Event = if idle {
-            ks.next_pos += 1;
+            *next_pos += 1;
             &ev
         } else {
             shared = Arc::new(ev);
@@ -290,21 +296,20 @@ impl Matcher {
                 history: history.as_ref(),
             };
             // Runs whose window closed before this event end first.
-            cx.expire(ks, shared.time);
-            let pos = ks.next_pos;
-            ks.next_pos += 1;
-            cx.offer(ks, &shared, pos);
-            if ks.runs.len() > lim.max_runs_per_key {
-                let excess = ks.runs.len() - lim.max_runs_per_key;
-                ks.runs.drain(..excess);
+            cx.expire(runs, shared.time);
+            let pos = *next_pos;
+            *next_pos += 1;
+            cx.offer(runs, &shared, pos);
+            if runs.len() > lim.max_runs_per_key {
+                let excess = runs.len() - lim.max_runs_per_key;
+                runs.drain(..excess);
                 self.stats.runs_dropped += excess as u64;
             }
             &shared
         };
         // Recorded after every condition saw the event: history excludes it.
-        if let Some(mut h) = history {
+        if let Some(h) = history {
             self.stats.history_evictions += h.record(&a.history, ev);
-            ks.history = Some(h);
         }
         // As `reschedule`, on the entry at hand (one lookup per event).
         let next = next_deadline(a, ks, lim);
@@ -406,7 +411,7 @@ impl Matcher {
             }
             ks.scheduled = None;
             let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == key);
-            let history = ks.history.take();
+            let KeyRuns { runs, history, .. } = &mut *ks;
             let mut cx = Step {
                 a,
                 key: &key,
@@ -417,8 +422,7 @@ impl Matcher {
                 floor_run: 0,
                 history: history.as_ref(),
             };
-            cx.expire(ks, watermark);
-            ks.history = history;
+            cx.expire(runs, watermark);
             self.reschedule(a, key, lim);
         }
     }
@@ -563,8 +567,8 @@ impl Step<'_> {
     }
 
     /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
-    fn offer(&mut self, ks: &mut KeyRuns, ev: &Arc<Event>, pos: u64) {
-        let old = std::mem::take(&mut ks.runs);
+    fn offer(&mut self, runs: &mut Vec<Run>, ev: &Arc<Event>, pos: u64) {
+        let old = std::mem::take(runs);
         // Sized for the runs and one new one; nothing is allocated for a
         // key without runs unless one starts (a key kept for its history).
         let mut next: Vec<Run> = Vec::with_capacity(old.len() + !old.is_empty() as usize);
@@ -592,7 +596,7 @@ impl Step<'_> {
             };
             self.step(seed, ev, pos, &mut next, &mut floor);
         }
-        ks.runs = next;
+        *runs = next;
     }
 
     fn step(
@@ -807,11 +811,11 @@ impl Step<'_> {
     }
 
     /// Ends the runs whose deadline is at or before `now`.
-    fn expire(&mut self, ks: &mut KeyRuns, now: i64) {
-        if !ks.runs.iter().any(|r| deadline(self.a, r) <= now) {
+    fn expire(&mut self, runs: &mut Vec<Run>, now: i64) {
+        if !runs.iter().any(|r| deadline(self.a, r) <= now) {
             return;
         }
-        let old = std::mem::take(&mut ks.runs);
+        let old = std::mem::take(runs);
         let mut floor = 0u64;
         let mut keep = Vec::with_capacity(old.len());
         for run in old {
@@ -861,6 +865,6 @@ impl Step<'_> {
                 ));
             }
         }
-        ks.runs = keep;
+        *runs = keep;
     }
 }
