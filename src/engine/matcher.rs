@@ -63,11 +63,49 @@ pub struct KeyRuns {
     next_pos: u64,
     /// Deadline of this key's pending timer (runs without a window have
     /// one at the end of time, which only the end of input reaches).
-    scheduled: Option<i64>,
+    #[serde(default)]
+    scheduled: Scheduled,
     /// What the key's past events say, for a pattern that asks
     /// ([`crate::history`]); kept until it can answer nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     history: Option<KeyHistory>,
+}
+
+/// A key's pending timer deadline, none as `i64::MIN`: 8 bytes instead of
+/// an `Option`'s 16. A key's entry is read for every event of the key, and
+/// its size decides how many entries stay in cache (see BENCHMARKS.md,
+/// "Per-key history"). Saved as an optional number, as before.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Scheduled(i64);
+
+impl Scheduled {
+    const NONE: Scheduled = Scheduled(i64::MIN);
+
+    fn at(deadline: i64) -> Scheduled {
+        Scheduled(deadline.max(i64::MIN + 1))
+    }
+
+    fn get(self) -> Option<i64> {
+        (self != Scheduled::NONE).then_some(self.0)
+    }
+}
+
+impl Default for Scheduled {
+    fn default() -> Scheduled {
+        Scheduled::NONE
+    }
+}
+
+impl Serialize for Scheduled {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Scheduled {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Scheduled, D::Error> {
+        Ok(Option::<i64>::deserialize(d)?.map_or(Scheduled::NONE, Scheduled::at))
+    }
 }
 
 /// Counters of one pattern.
@@ -235,7 +273,7 @@ impl Matcher {
         self.timers = self
             .keys
             .iter()
-            .filter_map(|(k, ks)| Some(Reverse((ks.scheduled?, k.clone()))))
+            .filter_map(|(k, ks)| Some(Reverse((ks.scheduled.get()?, k.clone()))))
             .collect();
     }
 
@@ -314,8 +352,8 @@ impl Matcher {
         // As `reschedule`, on the entry at hand (one lookup per event).
         let next = next_deadline(a, ks, lim);
         let push = match next {
-            Next::At(d) if ks.scheduled.is_none_or(|s| d < s) => {
-                ks.scheduled = Some(d);
+            Next::At(d) if ks.scheduled.get().is_none_or(|s| d < s) => {
+                ks.scheduled = Scheduled::at(d);
                 Some(d)
             }
             _ => None,
@@ -406,10 +444,10 @@ impl Matcher {
             let Some(ks) = self.keys.get_mut(&key) else {
                 continue;
             };
-            if ks.scheduled != Some(deadline) {
+            if ks.scheduled.get() != Some(deadline) {
                 continue; // superseded by an earlier timer
             }
-            ks.scheduled = None;
+            ks.scheduled = Scheduled::NONE;
             let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == key);
             let KeyRuns { runs, history, .. } = &mut *ks;
             let mut cx = Step {
@@ -444,8 +482,8 @@ impl Matcher {
             Next::Idle => return,
             Next::At(d) => d,
         };
-        if ks.scheduled.is_none_or(|s| deadline < s) {
-            ks.scheduled = Some(deadline);
+        if ks.scheduled.get().is_none_or(|s| deadline < s) {
+            ks.scheduled = Scheduled::at(deadline);
             self.timers.push(Reverse((deadline, key)));
         }
     }

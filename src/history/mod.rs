@@ -10,8 +10,9 @@
 //!
 //! - a **ring** of time buckets per (field, window) for aggregates: the
 //!   window is cut into [`BUCKETS`] buckets of `window / 32`, each holding
-//!   count, sum, sum of squared deviations, min, max and, when a
-//!   percentile is asked for, a [`Sketch`]. At most 33 buckets per ring.
+//!   count, sum, sum of squared deviations, min and max (56 bytes), and,
+//!   when a percentile is asked for, a [`Sketch`] beside it. At most 33
+//!   buckets per ring.
 //! - a **capped set** of values with their last sighting per (field,
 //!   window) for `seen in`: at most [`SEEN_CAP`] values, each kept as a
 //!   64-bit hash and a time (16 bytes; two values share a hash with a
@@ -258,25 +259,89 @@ pub struct KeyHistory {
     /// no extra cache miss per event (measured: see BENCHMARKS.md).
     #[serde(default, skip_serializing_if = "SmallVec::is_empty")]
     buckets: SmallVec<[Bucket; 1]>,
-    /// One set per `seen in` track (boxed: the key's entry stays small,
-    /// which decides how many entries stay in cache).
-    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
-    seen: Box<[SeenValues]>,
+    /// `seen in` sets and percentile sketches, behind one pointer: most
+    /// patterns need neither, and the key's entry stays small, which
+    /// decides how many entries stay in cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    extras: Option<Box<Extras>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Extras {
+    /// One set per `seen in` track.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seen: Vec<SeenValues>,
+    /// A sketch per bucket of the tracks a percentile reads: (track,
+    /// bucket number, sketch), by track then bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sketches: Vec<(u16, i64, Sketch)>,
+}
+
+impl Extras {
+    /// Adds `x` to the sketch of (track, index), forgetting the track's
+    /// sketches of buckets before `oldest`.
+    fn sketch(&mut self, track: u16, index: i64, oldest: i64, x: f64) {
+        self.sketches
+            .retain(|(t, i, _)| *t != track || *i >= oldest);
+        let at = self
+            .sketches
+            .partition_point(|(t, i, _)| (*t, *i) < (track, index));
+        if self
+            .sketches
+            .get(at)
+            .is_none_or(|e| (e.0, e.1) != (track, index))
+        {
+            self.sketches.insert(at, (track, index, Sketch::default()));
+        }
+        self.sketches[at].2.add(x);
+    }
+
+    /// The sketches of `track` from bucket `from` on, merged.
+    fn merged(&self, track: u16, from: i64) -> Sketch {
+        let mut all = Sketch::default();
+        for (_, _, sk) in self.sketches.iter().filter(|e| e.0 == track && e.1 >= from) {
+            all.merge(sk);
+        }
+        all
+    }
 }
 
 impl KeyHistory {
     pub fn new(plan: &HistoryPlan) -> KeyHistory {
-        let seen = plan
+        let seen: Vec<SeenValues> = plan
             .tracks
             .iter()
             .filter(|t| matches!(t.kind, TrackKind::Seen { .. }))
             .map(|_| SeenValues::default())
             .collect();
+        let sketches = plan.tracks.iter().any(|t| {
+            matches!(
+                t.kind,
+                TrackKind::Values {
+                    quantiles: true,
+                    ..
+                }
+            )
+        });
+        let extras = (!seen.is_empty() || sketches).then(|| {
+            Box::new(Extras {
+                seen,
+                sketches: Vec::new(),
+            })
+        });
         KeyHistory {
             last: i64::MIN,
             buckets: SmallVec::new(),
-            seen,
+            extras,
         }
+    }
+
+    fn extras(&self) -> &Extras {
+        static NONE: Extras = Extras {
+            seen: Vec::new(),
+            sketches: Vec::new(),
+        };
+        self.extras.as_deref().unwrap_or(&NONE)
     }
 
     /// Adds `ev`, the key's newest event. Returns how many values a `seen
@@ -294,11 +359,17 @@ impl KeyHistory {
                         buckets: &mut self.buckets,
                         track: spec.nth,
                     };
-                    ring.record(ev.time, bucket_width(spec.window), x, *quantiles);
+                    let index = ring.record(ev.time, bucket_width(spec.window), x);
+                    if let (true, Some(Some(x)), Some(extras)) = (*quantiles, x, &mut self.extras) {
+                        extras.sketch(spec.nth, index, index - BUCKETS, x.x);
+                    }
                 }
                 TrackKind::Seen { field } => {
                     let v = &ev.slots[field.slot as usize];
-                    let seen = &mut self.seen[spec.nth as usize];
+                    let Some(extras) = self.extras.as_mut() else {
+                        continue;
+                    };
+                    let seen = &mut extras.seen[spec.nth as usize];
                     evicted += seen.record(ev.time, spec.window, v);
                 }
             }
@@ -326,24 +397,26 @@ impl KeyHistory {
     /// value `seen in` looks for.
     pub fn answer(&self, q: &Query, at: i64, current: Option<&Event>) -> Value {
         if let Some((n, t)) = q.at_least {
-            if self.ring(t).summary(at, q.window, false).events < n as u64 {
+            if self.ring(t).summary(at, q.window).events < n as u64 {
                 return Value::Null;
             }
         }
         match q.func {
             Func::Seen { slot, negated } => {
                 let v = current.map_or(&Value::Missing, |e| &e.slots[slot as usize]);
-                let seen = self.seen.get(q.track as usize);
+                let seen = self.extras().seen.get(q.track as usize);
                 match seen.and_then(|s| s.seen(at, q.window, v)) {
                     Some(hit) => Value::Bool(hit != negated),
                     None => Value::Null,
                 }
             }
             f => {
-                let quantiles = matches!(f, Func::Percentile(_));
-                self.ring(q.track)
-                    .summary(at, q.window, quantiles)
-                    .answer(f)
+                let mut s = self.ring(q.track).summary(at, q.window);
+                if let Func::Percentile(_) = f {
+                    let from = at.div_euclid(bucket_width(q.window)) - BUCKETS;
+                    s.sketch = Some(self.extras().merged(q.track, from));
+                }
+                s.answer(f)
             }
         }
     }
@@ -370,17 +443,31 @@ impl KeyHistory {
             match spec.kind {
                 TrackKind::Values { .. } => {
                     next.buckets
-                        .extend(self.ring(old.nth).iter().cloned().map(|b| Bucket {
+                        .extend(self.ring(old.nth).iter().map(|b| Bucket {
                             track: spec.nth,
-                            ..b
+                            ..*b
                         }))
                 }
-                TrackKind::Seen { .. } => {
-                    next.seen[spec.nth as usize] = self.seen[old.nth as usize].clone();
+                TrackKind::Seen { .. } => {}
+            }
+            if let (Some(to), Some(from)) = (next.extras.as_mut(), self.extras.as_ref()) {
+                match spec.kind {
+                    TrackKind::Seen { .. } => {
+                        to.seen[spec.nth as usize] = from.seen[old.nth as usize].clone();
+                    }
+                    TrackKind::Values { .. } => to.sketches.extend(
+                        from.sketches
+                            .iter()
+                            .filter(|e| e.0 == old.nth)
+                            .map(|(_, i, sk)| (spec.nth, *i, sk.clone())),
+                    ),
                 }
             }
         }
         next.buckets.sort_by_key(|b| (b.track, b.index));
+        if let Some(e) = next.extras.as_mut() {
+            e.sketches.sort_by_key(|e| (e.0, e.1));
+        }
         next
     }
 }
@@ -430,12 +517,11 @@ struct Bucket {
     m2: f64,
     min: f64,
     max: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sketch: Option<Box<Sketch>>,
 }
 
 impl Ring<'_> {
-    fn record(self, time: i64, width: i64, x: Option<Option<Number>>, quantiles: bool) {
+    /// Adds an event (and its number, if any); returns its bucket number.
+    fn record(self, time: i64, width: i64, x: Option<Option<Number>>) -> i64 {
         let index = time.div_euclid(width);
         let track = self.track;
         let start = self.buckets.partition_point(|b| b.track < track);
@@ -460,22 +546,23 @@ impl Ring<'_> {
         let b = &mut self.buckets[end - 1];
         b.events += 1;
         if let Some(Some(x)) = x {
-            b.add(x, quantiles);
+            b.add(x);
         }
+        index
     }
 }
 
 trait Buckets {
     /// Everything in the buckets a window ending at `at` reads.
-    fn summary(&self, at: i64, window: i64, quantiles: bool) -> Summary;
+    fn summary(&self, at: i64, window: i64) -> Summary;
 }
 
 impl Buckets for [Bucket] {
-    fn summary(&self, at: i64, window: i64, quantiles: bool) -> Summary {
+    fn summary(&self, at: i64, window: i64) -> Summary {
         let from = at.div_euclid(bucket_width(window)) - BUCKETS;
         let mut s = Summary::default();
         for b in self.iter().filter(|b| b.index >= from) {
-            s.merge(b, quantiles);
+            s.merge(b);
         }
         s
     }
@@ -493,11 +580,10 @@ impl Bucket {
             m2: 0.0,
             min: 0.0,
             max: 0.0,
-            sketch: None,
         }
     }
 
-    fn add(&mut self, v: Number, quantiles: bool) {
+    fn add(&mut self, v: Number) {
         let x = v.x;
         if self.n == 0 {
             (self.min, self.max) = (x, x);
@@ -514,9 +600,6 @@ impl Bucket {
         self.sum += x;
         self.m2 += (x - old_mean) * (x - self.sum / self.n as f64);
         self.ints &= v.int;
-        if quantiles {
-            self.sketch.get_or_insert_with(Default::default).add(x);
-        }
     }
 }
 
@@ -534,7 +617,7 @@ struct Summary {
 }
 
 impl Summary {
-    fn merge(&mut self, b: &Bucket, quantiles: bool) {
+    fn merge(&mut self, b: &Bucket) {
         self.events += b.events as u64;
         if b.n == 0 {
             return;
@@ -551,11 +634,6 @@ impl Summary {
             self.ints &= b.ints;
             self.min = self.min.min(b.min);
             self.max = self.max.max(b.max);
-        }
-        if quantiles {
-            if let Some(sk) = &b.sketch {
-                self.sketch.get_or_insert_with(Default::default).merge(sk);
-            }
         }
     }
 
