@@ -50,9 +50,10 @@ pub enum Command {
         /// [default: data/flights-2013-01.csv].
         #[arg(long)]
         input: Option<String>,
-        /// Input format; guessed from the file name by default. `dead-letter`
-        /// reads a `--dead-letter` file again (after fixing its records).
-        #[arg(long, value_parser = ["jsonl", "csv", "dead-letter"])]
+        /// Input format; guessed from the file name by default (`.csv`,
+        /// `.avro`: an Avro object container file). `dead-letter` reads a
+        /// `--dead-letter` file again (after fixing its records).
+        #[arg(long, value_parser = ["jsonl", "csv", "avro", "dead-letter"])]
         format: Option<String>,
         /// Only patterns reading this stream (`from NAME`).
         #[arg(long)]
@@ -146,11 +147,11 @@ pub enum Command {
         /// U+001F).
         #[arg(long)]
         key: String,
-        /// JSON lines or CSV events, optionally zipped; `-` for stdin.
+        /// JSON lines, CSV or Avro events, optionally zipped; `-` for stdin.
         #[arg(long)]
         input: String,
         /// Input format; guessed from the file name by default.
-        #[arg(long, value_parser = ["jsonl", "csv"])]
+        #[arg(long, value_parser = ["jsonl", "csv", "avro"])]
         format: Option<String>,
         /// How late an event may arrive and still be matched in order, e.g.
         /// `1h` [default: 0].
@@ -260,6 +261,7 @@ pub fn run(cli: Cli) -> i32 {
             };
             let format = match format.as_deref() {
                 Some("csv") => Format::Csv,
+                Some("avro") => Format::Avro,
                 Some("dead-letter") => Format::DeadLetter,
                 Some(_) => Format::JsonLines,
                 None => Format::from_path(&input),
@@ -294,6 +296,7 @@ pub fn run(cli: Cli) -> i32 {
             };
             let format = match format.as_deref() {
                 Some("csv") => Format::Csv,
+                Some("avro") => Format::Avro,
                 Some(_) => Format::JsonLines,
                 None => Format::from_path(&input),
             };

@@ -26,14 +26,20 @@ pub enum Format {
     /// A dead-letter file ([`crate::deadletter`]): each entry's bytes are
     /// read again as the record they were.
     DeadLetter,
+    /// An Avro object container file: records read with the writer schema
+    /// in its header ([`crate::avro`]).
+    Avro,
 }
 
 impl Format {
-    /// Guesses from the file name: `.csv` (also `.csv.zip`) is CSV.
+    /// Guesses from the file name: `.csv` (also `.csv.zip`) is CSV,
+    /// `.avro` an Avro container file.
     pub fn from_path(path: &str) -> Format {
         let p = path.trim_end_matches(".zip");
         if p.ends_with(".csv") {
             Format::Csv
+        } else if p.ends_with(".avro") {
+            Format::Avro
         } else {
             Format::JsonLines
         }
@@ -156,7 +162,44 @@ pub fn read(reader: Box<dyn Read>, format: Format, null_values: &[String]) -> io
         Format::JsonLines => Box::new(json_lines(lines(reader))),
         Format::Csv => Box::new(csv_rows(reader, null_values.to_vec())?),
         Format::DeadLetter => Box::new(dead_letters(lines(reader), null_values.to_vec())),
+        Format::Avro => Box::new(avro_records(reader)?),
     })
+}
+
+/// The records of an Avro container file, each as its document. A record
+/// that cannot be decoded is a bad record; the file cannot be read past it
+/// (its block is damaged), which the reason says.
+fn avro_records(
+    reader: Box<dyn Read>,
+) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
+    let file = apache_avro::Reader::new(BufReader::with_capacity(1 << 16, reader))
+        .map_err(|e| io::Error::other(format!("not an Avro container file: {e}")))?;
+    let schema = file.writer_schema().clone();
+    let names = crate::avro::Names::of(&schema).map_err(io::Error::other)?;
+    Ok(file.enumerate().map(move |(n, value)| {
+        let line = n as u64 + 1;
+        match value {
+            Ok(v) => {
+                let doc = crate::avro::to_json(&v, &schema, &names);
+                let text = serde_json::to_vec(&doc).unwrap_or_default();
+                Ok(Record {
+                    hash: stable_hash(&text, 0),
+                    bytes: text.len() as u64,
+                    payload: Payload::Doc(doc),
+                    line,
+                    csv: None,
+                })
+            }
+            Err(e) => Err(BadRecord {
+                line,
+                reason: format!(
+                    "undecodable Avro record: {e} (the rest of the file cannot be read)"
+                ),
+                raw: Vec::new(),
+                csv_header: None,
+            }),
+        }
+    }))
 }
 
 fn json_lines(reader: impl BufRead) -> impl Iterator<Item = Result<Record, BadRecord>> {

@@ -18,7 +18,8 @@
 //!
 //! Around it:
 //!
-//! - [`input`]: JSON lines, CSV and dead-letter readers.
+//! - [`input`]: JSON lines, CSV, Avro container and dead-letter readers.
+//! - [`avro`]: Avro records as the documents patterns read.
 //! - [`deadletter`]: the one shape of a rejected record, for `replay` and
 //!   the service.
 //! - [`testfile`]: pattern test files (events in → expected alerts out).
@@ -34,6 +35,7 @@
 //! - [`service`]: `cep serve` — Kafka source, event-time pipeline, sinks,
 //!   checkpoints, metrics and health endpoints.
 
+pub mod avro;
 #[cfg(feature = "service")]
 pub mod cli;
 pub mod compiler;
