@@ -13,8 +13,10 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+use crate::compiler::schema::SchemaCheck;
 use crate::compiler::{compile_source, dot, load_patterns, pattern_files};
 use crate::config::Config;
+use crate::dsl::{Diagnostic, Diagnostics};
 use crate::engine::{Engine, EngineConfig, Output};
 use crate::input::{self, Format, Payload};
 use crate::testfile;
@@ -37,6 +39,12 @@ pub enum Command {
         /// Pattern files or directories (searched for `*.cep`).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// An Avro schema (`.avsc`) of the events, `FILE` for every pattern
+        /// or `STREAM=FILE` for the patterns reading STREAM: every field a
+        /// pattern reads must exist in it and be compared with values of
+        /// its type. Repeatable.
+        #[arg(long = "schema", value_name = "[STREAM=]FILE")]
+        schemas: Vec<String>,
     },
     /// Backtest patterns over a file of events; alerts go to stdout as JSON lines.
     Replay {
@@ -176,7 +184,7 @@ pub enum Command {
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
-        Command::Check { paths } => check(&paths),
+        Command::Check { paths, schemas } => check(&paths, &schemas),
         Command::Serve { config, patterns } => serve(&config, patterns),
         Command::Produce {
             brokers,
@@ -366,7 +374,19 @@ fn serve(config: &Path, patterns: Option<PathBuf>) -> Result<i32, String> {
     Ok(0)
 }
 
-fn check(paths: &[PathBuf]) -> Result<i32, String> {
+fn check(paths: &[PathBuf], schemas: &[String]) -> Result<i32, String> {
+    let schemas = schemas
+        .iter()
+        .map(|arg| {
+            let (stream, file) = match arg.split_once('=') {
+                Some((s, f)) => (Some(s.to_string()), f),
+                None => (None, arg.as_str()),
+            };
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+            let check = SchemaCheck::parse(&text).map_err(|e| format!("{file}: {e}"))?;
+            Ok((stream, check))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut failed = false;
     for path in paths {
         let files = pattern_files(path);
@@ -375,7 +395,23 @@ fn check(paths: &[PathBuf]) -> Result<i32, String> {
         }
         for f in files {
             let src = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            match compile_source(&f.display().to_string(), &src) {
+            let origin = f.display().to_string();
+            let schema_errors = schema_errors(&src, &schemas);
+            // Both kinds of error at once, in source order.
+            let compiled = match compile_source(&origin, &src) {
+                Ok(a) if schema_errors.is_empty() => Ok(a),
+                Ok(_) => Err(Diagnostics {
+                    origin: origin.clone(),
+                    source: src.clone(),
+                    errors: schema_errors,
+                }),
+                Err(mut d) => {
+                    d.errors.extend(schema_errors);
+                    d.errors.sort_by_key(|e| e.span.start);
+                    Err(d)
+                }
+            };
+            match compiled {
                 Ok(a) => println!(
                     "ok: {} ({} pattern{})",
                     f.display(),
@@ -390,6 +426,18 @@ fn check(paths: &[PathBuf]) -> Result<i32, String> {
         }
     }
     Ok(i32::from(failed))
+}
+
+/// What the schemas find wrong in a pattern file that compiles.
+fn schema_errors(src: &str, schemas: &[(Option<String>, SchemaCheck)]) -> Vec<Diagnostic> {
+    let (file, parse_errors) = crate::dsl::parser::parse_partial(src);
+    if !parse_errors.is_empty() {
+        return Vec::new();
+    }
+    schemas
+        .iter()
+        .flat_map(|(stream, check)| check.check(&file, stream.as_deref()))
+        .collect()
 }
 
 struct ReplayArgs<'a> {

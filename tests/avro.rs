@@ -218,3 +218,74 @@ fn a_damaged_avro_file_is_dead_lettered_with_the_reason() {
         "{entry}"
     );
 }
+
+fn check(pattern: &str, schema_arg: &str) -> (i32, String) {
+    let d = dir();
+    let p = d.join(format!("check-{}.cep", pattern.len()));
+    std::fs::write(&p, pattern).unwrap();
+    let avsc = d.join("charge.avsc");
+    std::fs::write(&avsc, SCHEMA).unwrap();
+    let schema = schema_arg.replace("FILE", avsc.to_str().unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_cep"))
+        .arg("check")
+        .arg(&p)
+        .args(["--schema", &schema])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// With the schema at hand, what used to read silently as a missing field
+/// is an error with a hint: a misspelt field, a misspelt variable in a
+/// condition, a literal of the wrong type, an enum symbol that does not
+/// exist, a field of a variable that the schema lacks.
+#[test]
+fn check_with_a_schema_finds_what_would_never_match() {
+    let good = PATTERNS
+        .split("pattern unknown_merchant_abroad")
+        .next()
+        .unwrap();
+    let (code, out) = check(good, "FILE");
+    assert_eq!(code, 0, "{out}");
+    // `channel is missing` is always true for these records: flagged.
+    let (code, out) = check(PATTERNS, "FILE");
+    assert_eq!(code, 1);
+    assert!(out.contains("the schema has no field `channel`"), "{out}");
+    // Only the patterns of another stream: nothing to check.
+    let (code, _) = check(
+        "pattern p from flights key tailnum time time_hour match x define x as dep_delay > 60 end\n",
+        "cards=FILE",
+    );
+    assert_eq!(code, 0);
+
+    let bad = r#"
+pattern small_then_large
+  from cards key card.id time ts within 5m
+  match small then large
+  define
+    small as amout < 10,
+    large as amount > smal.amount and country == "GB" and merchant == 5
+  emit where = large.cuntry
+end
+"#;
+    let (code, out) = check(bad, "cards=FILE");
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        "the schema has no field `amout`",
+        "did you mean `amount`?",
+        "the schema has no field `smal`",
+        "did you mean the variable `small`?",
+        "\"GB\" is not a symbol of the enum",
+        "symbols: US, FR, DE",
+        "compared with a number, but the schema says the field is a string",
+        "the schema has no field `cuntry`",
+        "did you mean `country`?",
+        "5 errors in this file",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+    }
+    // The caret points at the misspelt field.
+    assert!(out.contains(":6:14"), "{out}");
+}

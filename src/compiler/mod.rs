@@ -14,6 +14,7 @@
 pub mod dot;
 pub mod expr;
 pub mod nfa;
+pub mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
