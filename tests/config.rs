@@ -163,3 +163,44 @@ fn a_secured_config_parses_and_shows_no_secret() {
         "{e}"
     );
 }
+
+#[test]
+fn avro_inputs_need_exactly_one_schema_source() {
+    let input = |extra: &str| {
+        format!("[kafka]\nbrokers = \"b:9092\"\n[[kafka.inputs]]\ntopic = \"t\"\n{extra}\n")
+    };
+    let cases = [
+        (
+            "format = \"avro\"",
+            "kafka.inputs[0]: format = \"avro\" needs exactly one of schema_registry and schema_file",
+        ),
+        (
+            "format = \"avro\"\nschema_file = \"a.avsc\"\nschema_registry = { url = \"http://r\" }",
+            "needs exactly one of schema_registry and schema_file",
+        ),
+        (
+            "schema_file = \"a.avsc\"",
+            "kafka.inputs[0]: schema_registry and schema_file are for format = \"avro\"",
+        ),
+        (
+            "format = \"avro\"\nschema_file = \"a.avsc\"\nrepartition_by = \"card.id\"",
+            "repartition_by reads JSON records",
+        ),
+        (
+            "format = \"avro\"\nschema_registry = { url = \"http://r\", token = \"x\" }",
+            "unknown field `token`",
+        ),
+        ("format = \"protobuf\"", "unknown variant `protobuf`"),
+    ];
+    for (extra, want) in cases {
+        let e = err(&input(extra));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    let ok = Config::parse(&input(
+        "format = \"avro\"\nschema_registry = { url = \"http://r:8081\", username = \"u\", password_env = \"P\" }",
+    ))
+    .unwrap();
+    let i = &ok.kafka.unwrap().inputs[0];
+    assert_eq!(i.format, cep::config::ValueFormat::Avro);
+    assert_eq!(i.schema_registry.as_ref().unwrap().url, "http://r:8081");
+}

@@ -17,7 +17,8 @@ use serde::Deserialize;
 pub use duration::Duration;
 pub use service::{
     DeadLetterConfig, InputConfig, KafkaOptions, KafkaSection, KeySource, LatePolicy, LogFormat,
-    Protocol, SaslConfig, SaslMechanism, Secret, ServeSection, SinkConfig, TimeSource, TlsConfig,
+    Protocol, SaslConfig, SaslMechanism, SchemaRegistry, Secret, ServeSection, SinkConfig,
+    TimeSource, TlsConfig, ValueFormat,
 };
 
 use crate::engine::EngineConfig;

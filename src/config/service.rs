@@ -208,6 +208,42 @@ pub struct InputConfig {
     /// one: the source topic and its number of partitions.
     #[serde(skip)]
     pub repartitioned_from: Option<(String, i32)>,
+    /// How record values are encoded: `"json"` (one JSON object) or
+    /// `"avro"`. Avro needs `schema_registry` (the Confluent wire format:
+    /// a 0 byte, the writer schema's 4-byte id, the datum; schemas fetched
+    /// once per id) or `schema_file` (bare datums, all written with that
+    /// schema). Patterns read Avro records as JSON (see README, "Avro").
+    /// Default `"json"`.
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// A Confluent-compatible schema registry, for `format = "avro"`.
+    pub schema_registry: Option<SchemaRegistry>,
+    /// The writer schema (`.avsc`) of every record, for `format = "avro"`
+    /// without a registry.
+    pub schema_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueFormat {
+    #[default]
+    Json,
+    Avro,
+}
+
+/// `[[kafka.inputs]] schema_registry = { url = "...", ... }`. A registry
+/// that cannot be reached is retried (with backoff, logged) until it
+/// answers: records wait, none is dropped. An id the registry does not
+/// know sends the record to the dead-letter topic.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistry {
+    /// Base URL, e.g. `"http://registry:8081"`.
+    pub url: String,
+    /// Basic authentication user.
+    pub username: Option<String>,
+    /// Environment variable holding the basic authentication password.
+    pub password_env: Option<String>,
 }
 
 /// One dotted field path or a list of them.
@@ -427,6 +463,24 @@ fn default_queue() -> usize {
 }
 
 /// Checks what serde cannot: every error names its key.
+/// An input's value format and where its schemas come from.
+fn validate_format(n: usize, i: &InputConfig) -> Result<(), String> {
+    let at = format!("kafka.inputs[{n}]");
+    let (registry, file) = (i.schema_registry.is_some(), i.schema_file.is_some());
+    match i.format {
+        ValueFormat::Json if registry || file => Err(format!(
+            "{at}: schema_registry and schema_file are for format = \"avro\""
+        )),
+        ValueFormat::Avro if registry == file => Err(format!(
+            "{at}: format = \"avro\" needs exactly one of schema_registry and schema_file"
+        )),
+        ValueFormat::Avro if i.repartition_by.is_some() => Err(format!(
+            "{at}: repartition_by reads JSON records; an Avro topic must be keyed by its producers"
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn validate(
     serve: &ServeSection,
     kafka: Option<&KafkaSection>,
@@ -459,6 +513,7 @@ pub fn validate(
             if i.topic.trim().is_empty() {
                 return Err(format!("kafka.inputs[{n}].topic: must not be empty"));
             }
+            validate_format(n, i)?;
         }
         if k.brokers.trim().is_empty() {
             return Err("kafka.brokers: must not be empty".into());

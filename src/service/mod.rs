@@ -21,6 +21,7 @@
 //! SIGTERM); tests pass their own.
 
 pub mod api;
+pub mod avro;
 pub mod checkpoint;
 pub mod client;
 pub mod connect;
@@ -217,6 +218,7 @@ async fn connect_parts(
     let mut counts = connect::partition_counts(&kafka).await?;
     // Repartitioned inputs: tasks read their internal topics instead.
     let plan = repartition::plan(&kafka, &counts)?;
+    let inputs_for_decoding = kafka.inputs.clone();
     for route in plan.routes.values() {
         produce::create_topic_configured(&kafka, &route.internal, route.partitions, &[]).await?;
         let have = connect::partition_counts_of(&kafka, std::slice::from_ref(&route.internal))
@@ -299,6 +301,7 @@ async fn connect_parts(
         checkpoint_interval: serve.checkpoint_interval.0,
         shutdown_timeout: serve.shutdown_timeout.0,
         repartition: plan.routes,
+        decoders: Arc::new(avro::Decoders::new(&inputs_for_decoding)?),
     });
     Ok((pipeline, consumer))
 }

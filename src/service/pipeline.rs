@@ -32,6 +32,7 @@ use crate::compiler::Automaton;
 use crate::config::{KafkaSection, LatePolicy};
 use crate::deadletter::{DeadLetter, Origin};
 use crate::engine::EngineConfig;
+use crate::service::avro::{Decoded, Decoders};
 use crate::service::checkpoint::partition_name;
 use crate::service::checkpoint::{Cut, Store};
 use crate::service::durable;
@@ -75,6 +76,8 @@ pub struct Parts {
     /// Source topic → where its records are re-produced (see
     /// [`crate::service::repartition`]).
     pub repartition: HashMap<String, Route>,
+    /// Decoders of the Avro inputs (see [`crate::service::avro`]).
+    pub decoders: Arc<Decoders>,
 }
 
 /// Where the copy of a record goes.
@@ -342,14 +345,21 @@ impl Pipeline {
         } else {
             None
         };
+        let decoded = self.p.decoders.decode(m.topic(), m.payload()).await;
+        let (value, undecodable) = match &decoded {
+            Decoded::Plain => (m.payload(), None),
+            Decoded::Json(json) => (Some(&json[..]), None),
+            Decoded::Bad(why) => (m.payload(), Some(why.as_str())),
+        };
         let rec = Incoming {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key(),
-            value: m.payload(),
+            value,
             timestamp: m.timestamp().to_millis(),
             origin,
+            undecodable,
         };
         let now = self.now();
         let Some(slot) = self.tasks.get_mut(&rec.partition) else {

@@ -41,6 +41,9 @@ pub struct Incoming<'a> {
     /// For a record of a repartitioned input: its source partition and
     /// offset (see [`crate::service::repartition`]).
     pub origin: Option<(i32, i64)>,
+    /// Why its value could not be decoded (an Avro record): it goes to the
+    /// dead-letter topic, its offset counts as read.
+    pub undecodable: Option<&'a str>,
 }
 
 /// What became of a record besides feeding the engine.
@@ -357,6 +360,9 @@ impl Task {
         input: usize,
     ) -> Result<(Option<&'a str>, Option<i64>), String> {
         let cfg = &self.config.inputs[input];
+        if let Some(why) = rec.undecodable {
+            return Err(why.to_string());
+        }
         let Some(value) = rec.value else {
             return Err("empty record (no value)".into());
         };
@@ -619,6 +625,7 @@ end
             value: Some(value),
             timestamp: None,
             origin: None,
+            undecodable: None,
         }
     }
 
@@ -865,6 +872,7 @@ end
                 value: Some(v),
                 timestamp: None,
                 origin: Some(source),
+                undecodable: None,
             }
         };
         // Source partition 1 is read ahead of source partition 0: its

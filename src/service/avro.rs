@@ -1,0 +1,192 @@
+//! Avro topics: record values decoded into the JSON documents patterns
+//! read ([`crate::avro`]), before the task sees them.
+//!
+//! An input with a schema registry carries the Confluent wire format: a 0
+//! byte, the writer schema's id (4 bytes, big-endian), the datum. Schemas
+//! are fetched once per id (`GET /schemas/ids/{id}`) and kept; records
+//! written with several versions of a schema mix freely (each is read with
+//! its own writer schema, so a field a version lacks is `missing`). A
+//! registry that cannot be reached, or answers with an error, is asked
+//! again with backoff until it answers: the partition's records wait and
+//! none is dropped. An id the registry does not know, or a datum that does
+//! not decode, is a bad record: it goes to the dead-letter topic with its
+//! bytes and the reason. An input with a schema file reads bare datums
+//! written with that schema.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apache_avro::Schema;
+
+use crate::avro::Names;
+use crate::config::{InputConfig, ValueFormat};
+
+/// A writer schema, ready to decode with.
+struct Writer {
+    schema: Schema,
+    names: Names,
+}
+
+impl Writer {
+    fn parse(text: &str) -> Result<Writer, String> {
+        let schema = Schema::parse_str(text).map_err(|e| format!("invalid Avro schema: {e}"))?;
+        let names = Names::of(&schema)?;
+        Ok(Writer { schema, names })
+    }
+
+    /// The datum as JSON text.
+    fn decode(&self, mut datum: &[u8]) -> Result<Vec<u8>, String> {
+        let value = apache_avro::from_avro_datum(&self.schema, &mut datum, None)
+            .map_err(|e| format!("undecodable Avro datum: {e}"))?;
+        let doc = crate::avro::to_json(&value, &self.schema, &self.names);
+        Ok(serde_json::to_vec(&doc).expect("a document serialises"))
+    }
+}
+
+enum Source {
+    Fixed(Writer),
+    Registry(Registry),
+}
+
+struct Registry {
+    url: String,
+    auth: Option<(String, Option<String>)>,
+    known: Mutex<HashMap<u32, Arc<Writer>>>,
+}
+
+/// What became of a record value.
+pub enum Decoded {
+    /// Not an Avro input: the value as it is.
+    Plain,
+    /// The record as JSON text.
+    Json(Vec<u8>),
+    /// Why it cannot be read.
+    Bad(String),
+}
+
+/// The decoders of the service's Avro inputs, by topic.
+pub struct Decoders {
+    by_topic: HashMap<String, Source>,
+    client: reqwest::Client,
+}
+
+impl Decoders {
+    /// Reads the schema files; registry inputs start with nothing known.
+    pub fn new(inputs: &[InputConfig]) -> Result<Decoders, String> {
+        let mut by_topic = HashMap::new();
+        for i in inputs.iter().filter(|i| i.format == ValueFormat::Avro) {
+            let source = match (&i.schema_file, &i.schema_registry) {
+                (Some(file), _) => {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    Source::Fixed(
+                        Writer::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?,
+                    )
+                }
+                (None, Some(r)) => {
+                    let password = match &r.password_env {
+                        Some(var) => Some(std::env::var(var).map_err(|_| {
+                            format!("schema_registry.password_env: ${var} is not set")
+                        })?),
+                        None => None,
+                    };
+                    Source::Registry(Registry {
+                        url: r.url.trim_end_matches('/').to_string(),
+                        auth: r.username.clone().map(|u| (u, password)),
+                        known: Mutex::new(HashMap::new()),
+                    })
+                }
+                (None, None) => return Err(format!("{}: no schema for Avro", i.topic)),
+            };
+            by_topic.insert(i.topic.clone(), source);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("schema registry client: {e}"))?;
+        Ok(Decoders { by_topic, client })
+    }
+
+    /// Decodes a value of `topic` (fetching its writer schema first if it
+    /// is new).
+    pub async fn decode(&self, topic: &str, value: Option<&[u8]>) -> Decoded {
+        let Some(source) = self.by_topic.get(topic) else {
+            return Decoded::Plain;
+        };
+        let Some(value) = value else {
+            return Decoded::Plain; // the task reports an empty record
+        };
+        let done = match source {
+            Source::Fixed(w) => w.decode(value),
+            Source::Registry(r) => match wire_header(value) {
+                Err(e) => Err(e),
+                Ok((id, datum)) => match self.writer(r, id).await {
+                    Ok(w) => w.decode(datum),
+                    Err(e) => Err(e),
+                },
+            },
+        };
+        match done {
+            Ok(json) => Decoded::Json(json),
+            Err(e) => Decoded::Bad(e),
+        }
+    }
+
+    /// The writer schema `id`, from the cache or the registry.
+    async fn writer(&self, r: &Registry, id: u32) -> Result<Arc<Writer>, String> {
+        if let Some(w) = r.known.lock().expect("not poisoned").get(&id) {
+            return Ok(w.clone());
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.fetch(r, id).await {
+                Ok(Some(text)) => {
+                    let w = Arc::new(Writer::parse(&text)?);
+                    r.known.lock().expect("not poisoned").insert(id, w.clone());
+                    return Ok(w);
+                }
+                Ok(None) => return Err(format!("schema id {id} is not in the registry")),
+                Err(e) => {
+                    tracing::warn!(url = %r.url, id, error = %e, retry_in = ?backoff, "schema registry unavailable; records wait");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// `Ok(None)`: the registry does not know the id.
+    async fn fetch(&self, r: &Registry, id: u32) -> Result<Option<String>, String> {
+        let mut req = self.client.get(format!("{}/schemas/ids/{id}", r.url));
+        if let Some((user, password)) = &r.auth {
+            req = req.basic_auth(user, password.as_ref());
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("registry answer: {e}"))?;
+        match body.get("schema").and_then(|s| s.as_str()) {
+            Some(s) => Ok(Some(s.to_string())),
+            None => Err("no `schema` in the registry's answer".into()),
+        }
+    }
+}
+
+/// The schema id and datum of a Confluent-framed value.
+fn wire_header(value: &[u8]) -> Result<(u32, &[u8]), String> {
+    match value {
+        [0, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        [m, ..] if *m != 0 => Err(format!(
+            "not the Confluent Avro wire format (magic byte {m}, expected 0)"
+        )),
+        _ => Err("too short for the Confluent Avro wire format".into()),
+    }
+}
