@@ -3,14 +3,17 @@
 //!
 //! No schema registry server installs on these machines, so the test
 //! serves the registry's REST protocol itself (`GET /schemas/ids/{id}`,
-//! basic auth) from a small HTTP server in this file: **a stand-in**, which
-//! answers 503 to its first requests (a registry that is down: records
-//! must wait, not be dropped). Records are written with a real Avro
+//! `GET /subjects/{subject}/versions/latest`, basic auth) from a small HTTP
+//! server in this file: **a stand-in**, which answers 503 for a while (a
+//! registry that is down: records must wait, not be dropped). Records are written with a real Avro
 //! encoder in the Confluent wire format, with two versions of a schema on
 //! one topic (v2 adds `channel` with a default and drops `country`). The
-//! alerts must equal `cep replay` over the same records as JSON; a record
-//! with an unknown schema id and one that is not Avro go to the
-//! dead-letter topic with their bytes and the reason.
+//! alerts must equal `cep replay` over the same records as JSON (a pattern
+//! on the new field sees it `missing` on v1 records); a record with an
+//! unknown schema id and one that is not Avro go to the dead-letter topic
+//! with their bytes and the reason. Patterns are checked against the
+//! subject's latest schema: a pattern reading a field it lacks is refused
+//! over the API, and the service refuses to start with one.
 
 mod support;
 
@@ -56,13 +59,16 @@ end
 pattern before_channels
   from charges key card.id time ts
   match x
-  define x as channel is missing and country == "FR"
+  define x as channel is missing and amount > 60
   emit amount = x.amount
 end
 "#;
 
-/// The stand-in registry: schema 1 and 2, basic auth `cep:s3cret`; the
-/// first `down` requests answer 503. Returns its port and a request count.
+/// The stand-in registry: schemas 1 and 2, the subject `charges-value`
+/// (latest: 2), basic auth `cep:s3cret`; after the first request (the
+/// service's start-up check), the next `down` requests answer 503 (the
+/// registry is down while records arrive). Returns its port and a request
+/// count.
 fn registry(down: usize) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -89,7 +95,7 @@ fn registry(down: usize) -> (u16, Arc<AtomicUsize>) {
                     request = line;
                 }
             }
-            let (status, body) = if n < down {
+            let (status, body) = if (1..=down).contains(&n) {
                 (
                     "503 Service Unavailable",
                     json!({"error_code": 50301}).to_string(),
@@ -98,6 +104,10 @@ fn registry(down: usize) -> (u16, Arc<AtomicUsize>) {
                 ("401 Unauthorized", json!({"error_code": 401}).to_string())
             } else if request.starts_with("GET /schemas/ids/1 ") {
                 ("200 OK", json!({ "schema": V1 }).to_string())
+            } else if request.starts_with("GET /subjects/charges-value/versions/latest ") {
+                let latest =
+                    json!({ "subject": "charges-value", "version": 2, "id": 2, "schema": V2 });
+                ("200 OK", latest.to_string())
             } else if request.starts_with("GET /schemas/ids/2 ") {
                 ("200 OK", json!({ "schema": V2 }).to_string())
             } else {
@@ -164,6 +174,7 @@ patterns = "{patterns}"
 state_dir = "state"
 checkpoint_interval = "300ms"
 listen = "127.0.0.1:{{HTTP}}"
+api_unauthenticated = true
 default_sinks = ["alerts"]
 shutdown_timeout = "10s"
 
@@ -192,8 +203,9 @@ fn an_avro_topic_with_two_schema_versions_equals_replay_of_the_same_records() {
         create_topic(&b, t, 1);
     }
     let dir = scratch("avro");
-    let patterns = dir.join("patterns.cep");
-    std::fs::write(&patterns, PATTERNS).unwrap();
+    let patterns = dir.join("patterns");
+    std::fs::create_dir_all(&patterns).unwrap();
+    std::fs::write(patterns.join("charges.cep"), PATTERNS).unwrap();
     let (port, hits) = registry(3);
 
     let t0 = 1_700_000_000_000i64;
@@ -285,8 +297,8 @@ fn an_avro_topic_with_two_schema_versions_equals_replay_of_the_same_records() {
     for (id, a) in &want {
         assert_eq!(got.get(id), Some(a), "alert {id}");
     }
-    // v2 records see `country` missing and v1 records `channel` missing:
-    // before_channels alerts only on v1 records, app_charge only on v2.
+    // v1 records see `channel` missing: before_channels alerts only on
+    // them, app_charge only on v2 records.
     assert!(got
         .values()
         .filter(|a| a["pattern"] == "before_channels")
@@ -307,11 +319,38 @@ fn an_avro_topic_with_two_schema_versions_equals_replay_of_the_same_records() {
         "{:?}",
         dead[1].headers
     );
-    // The registry was down at first (503s), then each id fetched once.
+    // The latest schema at start, then 3 refusals while down, then each
+    // id fetched once.
     let asked = hits.load(Ordering::SeqCst);
     assert!(
-        (3 + 3..=3 + 3 + 2).contains(&asked),
+        (1 + 3 + 3..=1 + 3 + 3 + 2).contains(&asked),
         "registry requests: {asked}"
     );
     assert!(serve.log().contains("schema registry unavailable"));
+
+    // A pattern on a field the latest schema lacks: refused over the API
+    // with the place and a hint, the running set untouched.
+    let bad = "pattern misspelt\n  from charges key card.id time ts\n  match x\n  define x as amout > 5\nend\n";
+    let (status, body) = http(serve.http, "PUT", "/patterns/misspelt", &[], bad).unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("the schema has no field `amout`"), "{body}");
+    assert!(body.contains("did you mean `amount`?"), "{body}");
+    let (_, list) = serve.get("/patterns").unwrap();
+    assert!(!list.contains("misspelt"), "{list}");
+    serve.signal("-TERM");
+    assert!(serve.wait(Duration::from_secs(30)).success());
+
+    // The same pattern in the directory: the service does not start.
+    let patterns_dir = dir.join("patterns-bad");
+    std::fs::create_dir_all(&patterns_dir).unwrap();
+    std::fs::write(patterns_dir.join("misspelt.cep"), bad).unwrap();
+    let mut refused = Serve::start_with_env(
+        &dir,
+        &config(&b, &patterns_dir, port),
+        &[("CEP_TEST_REGISTRY_PASSWORD", "s3cret")],
+    );
+    let status = refused.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    let log = refused.log();
+    assert!(log.contains("the schema has no field `amout`"), "{log}");
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use apache_avro::Schema;
 
 use crate::avro::Names;
+use crate::compiler::schema::SchemaCheck;
 use crate::config::{InputConfig, ValueFormat};
 
 /// A writer schema, ready to decode with.
@@ -188,5 +189,96 @@ fn wire_header(value: &[u8]) -> Result<(u32, &[u8]), String> {
             "not the Confluent Avro wire format (magic byte {m}, expected 0)"
         )),
         _ => Err("too short for the Confluent Avro wire format".into()),
+    }
+}
+
+/// The schema each Avro input's patterns are checked against: the schema
+/// file, or the registry's latest schema of the subject `<topic>-value`.
+/// A registry that does not answer within a few attempts, or has no such
+/// subject yet, leaves the input unchecked (logged): decoding does not
+/// depend on it.
+pub async fn latest_schemas(inputs: &[InputConfig]) -> Vec<(String, Arc<SchemaCheck>)> {
+    let mut out = Vec::new();
+    for i in inputs.iter().filter(|i| i.format == ValueFormat::Avro) {
+        let text = match (&i.schema_file, &i.schema_registry) {
+            (Some(file), _) => std::fs::read_to_string(file).ok(),
+            (None, Some(r)) => latest(r, &i.topic).await,
+            (None, None) => None,
+        };
+        match text.map(|t| SchemaCheck::parse(&t)) {
+            Some(Ok(check)) => out.push((i.stream().to_string(), Arc::new(check))),
+            Some(Err(e)) => {
+                tracing::warn!(topic = %i.topic, error = %e, "patterns not checked against the schema")
+            }
+            None => tracing::warn!(topic = %i.topic, "no schema to check the patterns against"),
+        }
+    }
+    out
+}
+
+/// `GET /subjects/<topic>-value/versions/latest`, a few attempts.
+async fn latest(r: &crate::config::SchemaRegistry, topic: &str) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let url = format!(
+        "{}/subjects/{topic}-value/versions/latest",
+        r.url.trim_end_matches('/')
+    );
+    let password = r.password_env.as_ref().and_then(|v| std::env::var(v).ok());
+    let mut backoff = Duration::from_millis(200);
+    for _ in 0..5 {
+        let mut req = client.get(&url);
+        if let Some(user) = &r.username {
+            req = req.basic_auth(user, password.as_ref());
+        }
+        match req.send().await {
+            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => return None,
+            Ok(resp) if resp.status().is_success() => {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+                return body.get("schema")?.as_str().map(str::to_string);
+            }
+            Ok(resp) => tracing::warn!(%url, status = %resp.status(), "schema registry"),
+            Err(e) => tracing::warn!(%url, error = %e, "schema registry"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+    }
+    None
+}
+
+/// Every pattern of `set` against the schema of the stream it reads: all
+/// problems of all patterns, rendered with line, column and caret against
+/// each pattern's canonical source.
+pub fn check_patterns(
+    schemas: &[(String, Arc<SchemaCheck>)],
+    set: &[crate::compiler::Automaton],
+) -> Result<(), String> {
+    let mut report = String::new();
+    for a in set {
+        let Ok(file) = crate::dsl::parser::parse(&a.source) else {
+            continue;
+        };
+        let errors: Vec<_> = schemas
+            .iter()
+            .flat_map(|(stream, check)| check.check(&file, Some(stream)))
+            .collect();
+        if !errors.is_empty() {
+            let d = crate::dsl::Diagnostics {
+                origin: format!("pattern {}", a.name),
+                source: a.source.clone(),
+                errors,
+            };
+            report.push_str(&d.render());
+        }
+    }
+    if report.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "patterns disagree with their input's Avro schema:\n{report}"
+        ))
     }
 }

@@ -239,9 +239,14 @@ async fn connect_parts(
     task::check_partitioning(&kafka.inputs, &automata, &counts)?;
     let tasks = counts.values().copied().max().unwrap_or(1).max(1);
     let state_topic = state::ensure(&kafka, tasks).await?;
+    // Avro inputs: patterns must agree with the schema, now and in every
+    // later change over the API.
+    let schemas = avro::latest_schemas(&inputs_for_decoding).await;
+    avro::check_patterns(&schemas, &automata)?;
     let inputs = kafka.inputs.clone();
     registry.set_check(Box::new(move |set: &[Automaton]| {
-        task::check_partitioning(&inputs, set, &counts)
+        task::check_partitioning(&inputs, set, &counts)?;
+        avro::check_patterns(&schemas, set)
     }));
     if kafka.create_topics {
         for topic in output_topics(config) {
