@@ -145,3 +145,62 @@ fn twos_complement(bytes: &[u8]) -> f64 {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::types::Value as Avro;
+
+    fn read(schema: &str, value: Avro) -> Json {
+        let schema = Schema::parse_str(schema).unwrap();
+        let names = Names::of(&schema).unwrap();
+        // Through the real encoder and decoder, as a topic carries it.
+        let bytes = apache_avro::to_avro_datum(&schema, value).unwrap();
+        let decoded = apache_avro::from_avro_datum(&schema, &mut &bytes[..], None).unwrap();
+        to_json(&decoded, &schema, &names)
+    }
+
+    #[test]
+    fn logical_types_read_as_documented() {
+        let schema = r#"{"type": "record", "name": "R", "fields": [
+          {"name": "us", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+          {"name": "ns", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+          {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+          {"name": "neg", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 3}},
+          {"name": "raw", "type": {"type": "fixed", "name": "F", "size": 2}},
+          {"name": "tags", "type": {"type": "array", "items": "string"}},
+          {"name": "attrs", "type": {"type": "map", "values": ["null", "long"]}},
+          {"name": "again", "type": "F"}]}"#;
+        let value = Avro::Record(vec![
+            ("us".into(), Avro::TimestampMicros(1_700_000_000_123_456)),
+            ("ns".into(), Avro::TimestampNanos(1_700_000_000_123_456_789)),
+            ("day".into(), Avro::Date(19_000)),
+            // -1234 at scale 3.
+            ("neg".into(), Avro::Decimal(vec![0xfb, 0x2e].into())),
+            ("raw".into(), Avro::Fixed(2, vec![0xab, 0x01])),
+            ("tags".into(), Avro::Array(vec![Avro::String("a".into())])),
+            (
+                "attrs".into(),
+                Avro::Map(
+                    [("k".to_string(), Avro::Union(1, Box::new(Avro::Long(7))))]
+                        .into_iter()
+                        .collect(),
+                ),
+            ),
+            ("again".into(), Avro::Fixed(2, vec![0, 255])),
+        ]);
+        let doc = read(schema, value);
+        assert_eq!(doc["us"], serde_json::json!(1_700_000_000_123i64));
+        assert_eq!(doc["ns"], serde_json::json!(1_700_000_000_123i64));
+        assert_eq!(doc["day"], serde_json::json!(19_000));
+        assert_eq!(doc["neg"], serde_json::json!(-1.234));
+        assert_eq!(doc["raw"], serde_json::json!("ab01"));
+        assert_eq!(doc["tags"], serde_json::json!(["a"]));
+        assert_eq!(doc["attrs"], serde_json::json!({"k": 7}));
+        assert_eq!(
+            doc["again"],
+            serde_json::json!("00ff"),
+            "a named type by reference"
+        );
+    }
+}

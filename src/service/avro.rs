@@ -282,3 +282,50 @@ pub fn check_patterns(
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"{"type": "record", "name": "E", "fields": [
+      {"name": "id", "type": "string"}, {"name": "n", "type": "long"}]}"#;
+
+    fn input(toml_text: &str) -> InputConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_schema_file_decodes_bare_datums_and_refuses_others() {
+        let path = std::env::temp_dir().join(format!("cep-avro-{}.avsc", std::process::id()));
+        std::fs::write(&path, SCHEMA).unwrap();
+        let i = input(&format!(
+            "topic = \"t\"\nformat = \"avro\"\nschema_file = \"{}\"",
+            path.display()
+        ));
+        let d = Decoders::new(&[i, input("topic = \"json\"")]).unwrap();
+        let schema = Schema::parse_str(SCHEMA).unwrap();
+        let mut r = apache_avro::types::Record::new(&schema).unwrap();
+        r.put("id", "a");
+        r.put("n", 5i64);
+        let datum = apache_avro::to_avro_datum(&schema, r).unwrap();
+        match d.decode("t", Some(&datum)).await {
+            Decoded::Json(j) => assert_eq!(j, br#"{"id":"a","n":5}"#),
+            _ => panic!("decodes"),
+        }
+        match d.decode("t", Some(&[0x07])).await {
+            Decoded::Bad(why) => assert!(why.contains("undecodable Avro datum"), "{why}"),
+            _ => panic!("a short datum is bad"),
+        }
+        assert!(matches!(
+            d.decode("json", Some(b"{}")).await,
+            Decoded::Plain
+        ));
+    }
+
+    #[test]
+    fn the_wire_header_is_checked() {
+        assert_eq!(wire_header(&[0, 0, 0, 0, 9, 1]).unwrap(), (9, &[1u8][..]));
+        assert!(wire_header(&[1, 0]).unwrap_err().contains("magic byte 1"));
+        assert!(wire_header(&[0, 0]).unwrap_err().contains("too short"));
+    }
+}
