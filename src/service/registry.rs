@@ -240,6 +240,12 @@ impl Registry {
             None => (1, a.shadow),
         };
         let a = a.with_meta(version, shadow);
+        if !self.dir.is_dir() {
+            return Err(Refusal::Conflict(format!(
+                "serve.patterns is {}, a file: the API keeps one file per pattern in a directory; point serve.patterns at a directory",
+                self.dir.display()
+            )));
+        }
         let file = self.dir.join(format!("{name}.cep"));
         let mut next = entries.clone();
         next.insert(
@@ -493,5 +499,22 @@ mod tests {
         ] {
             assert!(check_name(good).is_ok(), "{good:?}");
         }
+    }
+
+    /// `serve.patterns` naming one file: the API says it needs a directory
+    /// (instead of failing to write next to the file) and leaves it alone.
+    #[tokio::test]
+    async fn a_pattern_file_instead_of_a_directory_is_refused_with_the_reason() {
+        let file = std::env::temp_dir().join(format!("cep-reg-{}.cep", std::process::id()));
+        let src = "pattern a from s key k time t match x define x as v > 1 end\n";
+        std::fs::write(&file, src).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let (r, _) = Registry::new(&file, Vec::new(), tx);
+        let new = "pattern b from s key k time t match x define x as v > 2 end\n";
+        match r.put("b", new, true).await {
+            Err(Refusal::Conflict(m)) => assert!(m.contains("a file"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), src);
     }
 }
