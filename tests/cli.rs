@@ -511,3 +511,35 @@ fn why_tells_event_by_event_what_the_pattern_did_with_one_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no pattern `nope`"), "{err}");
 }
+
+/// `why` on a history pattern: each refusal shows what the key's history
+/// answered (too little history is null; a known country is not new).
+#[test]
+fn why_shows_what_the_keys_history_answered() {
+    let pattern = scratch(
+        "why-history.cep",
+        "pattern new_country_then_large\n  from cards key card time ts within 1h\n  match first_use then large\n  define\n    first_use as country not seen in 90d with at least 2 events,\n    large as amount > 500 and amount > 3 * avg(amount) over 30d\nend\n",
+    );
+    let events = scratch(
+        "why-history.jsonl",
+        concat!(
+            "{\"card\":\"c1\",\"ts\":1000,\"amount\":20,\"country\":\"US\"}\n",
+            "{\"card\":\"c1\",\"ts\":2000,\"amount\":30,\"country\":\"US\"}\n",
+            "{\"card\":\"c1\",\"ts\":3000,\"amount\":40,\"country\":\"US\"}\n",
+            "{\"card\":\"c1\",\"ts\":4000,\"amount\":5,\"country\":\"FR\"}\n",
+            "{\"card\":\"c1\",\"ts\":5000,\"amount\":900,\"country\":\"FR\"}\n",
+        ),
+    );
+    let (p, e) = (pattern.to_str().unwrap(), events.to_str().unwrap());
+    let (code, out, err) = cep(&["why", p, "--key", "c1", "--input", e]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "  no run started: first_use: country not seen in 90d with at least 2 events was null",
+        "  no run started: first_use: country not seen in 90d with at least 2 events was false",
+        "  run 3 started: first_use",
+        "  run 3 advanced: large",
+        "  run 3 MATCHED: alert",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+}
