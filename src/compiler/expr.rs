@@ -103,7 +103,20 @@ pub struct Env<'a> {
     pub history_at: i64,
 }
 
-impl Env<'_> {
+impl<'a> Env<'a> {
+    /// An event on its own, before any run took it (start conditions).
+    pub fn of_event(ev: &'a Event, history: Option<&'a KeyHistory>) -> Env<'a> {
+        Env {
+            current: Some(ev),
+            bindings: &[],
+            key: None,
+            start: 0,
+            end: 0,
+            history,
+            history_at: ev.time,
+        }
+    }
+
     /// The time history is read as of.
     fn as_of(&self) -> i64 {
         self.current.map_or(self.history_at, |e| e.time)

@@ -514,15 +514,7 @@ fn next_deadline(a: &Automaton, ks: &mut KeyRuns, lim: Limits) -> Next {
 /// Why no entry of the start node takes `ev`: each condition with the
 /// values it saw.
 fn start_refusals(a: &Automaton, ev: &Event, history: Option<&KeyHistory>) -> Vec<String> {
-    let env = Env {
-        current: Some(ev),
-        bindings: &[],
-        key: None,
-        start: 0,
-        end: 0,
-        history,
-        history_at: ev.time,
-    };
+    let env = Env::of_event(ev, history);
     let names = Names {
         fields: &a.fields.paths,
         vars: &a.vars,
@@ -544,15 +536,7 @@ fn start_refusals(a: &Automaton, ev: &Event, history: Option<&KeyHistory>) -> Ve
 /// Whether `ev` could start a run: some entry of the start node takes it.
 #[inline]
 fn can_start(a: &Automaton, ev: &Event, history: Option<&KeyHistory>) -> bool {
-    let env = Env {
-        current: Some(ev),
-        bindings: &[],
-        key: None,
-        start: 0,
-        end: 0,
-        history,
-        history_at: ev.time,
-    };
+    let env = Env::of_event(ev, history);
     a.nodes[a.start as usize].entries.iter().any(|e| match e {
         Entry::Consume { var, .. } => a.conditions[*var as usize]
             .as_ref()

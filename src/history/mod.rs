@@ -30,15 +30,18 @@
 //! The plan ([`HistoryPlan`]) belongs to the compiled pattern and is
 //! shared; the per-key state ([`KeyHistory`]) lives beside the key's runs.
 
+mod seen;
 mod sketch;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::event::{stable_hash, Event};
+use crate::event::Event;
 use crate::value::Value;
 
 pub use sketch::Sketch;
+
+use seen::SeenValues;
 
 /// Buckets per window: `over 30d` reads the current bucket and the 32
 /// before it, so it looks back at least 30 days and at most 30 days plus
@@ -396,13 +399,23 @@ impl KeyHistory {
     /// Answers `q` as of `at`; `current` is the event being tested, whose
     /// value `seen in` looks for.
     pub fn answer(&self, q: &Query, at: i64, current: Option<&Event>) -> Value {
+        // An aggregate counts `with at least` on its own track: one
+        // summary serves both.
+        let summary = match q.func {
+            Func::Seen { .. } => None,
+            _ => Some(self.ring(q.track).summary(at, q.window)),
+        };
         if let Some((n, t)) = q.at_least {
-            if self.ring(t).summary(at, q.window).events < n as u64 {
+            let events = match &summary {
+                Some(s) if t == q.track => s.events,
+                _ => self.ring(t).summary(at, q.window).events,
+            };
+            if events < n as u64 {
                 return Value::Null;
             }
         }
-        match q.func {
-            Func::Seen { slot, negated } => {
+        match (q.func, summary) {
+            (Func::Seen { slot, negated }, _) => {
                 let v = current.map_or(&Value::Missing, |e| &e.slots[slot as usize]);
                 let seen = self.extras().seen.get(q.track as usize);
                 match seen.and_then(|s| s.seen(at, q.window, v)) {
@@ -410,14 +423,14 @@ impl KeyHistory {
                     None => Value::Null,
                 }
             }
-            f => {
-                let mut s = self.ring(q.track).summary(at, q.window);
+            (f, Some(mut s)) => {
                 if let Func::Percentile(_) = f {
                     let from = at.div_euclid(bucket_width(q.window)) - BUCKETS;
                     s.sketch = Some(self.extras().merged(q.track, from));
                 }
                 s.answer(f)
             }
+            (_, None) => Value::Null,
         }
     }
 
@@ -671,82 +684,6 @@ impl Summary {
             Func::Seen { .. } | Func::Events => Value::Null,
         }
     }
-}
-
-/// Values of one (field, window), each with its last sighting: (hash of
-/// the value, time), sorted by hash.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct SeenValues {
-    /// The first inline: most keys use one value (a card's home country).
-    last_seen: SmallVec<[(u64, i64); 1]>,
-}
-
-impl SeenValues {
-    /// Notes `v` at `time`; returns 1 when a value had to be forgotten.
-    fn record(&mut self, time: i64, window: i64, v: &Value) -> u64 {
-        let Some(id) = identity(v) else { return 0 };
-        let at = match self.last_seen.binary_search_by_key(&id, |e| e.0) {
-            Ok(i) => {
-                self.last_seen[i].1 = time;
-                return 0;
-            }
-            Err(i) => i,
-        };
-        if self.last_seen.len() < SEEN_CAP {
-            self.last_seen.reserve_exact(1);
-            self.last_seen.insert(at, (id, time));
-            return 0;
-        }
-        let cutoff = time.saturating_sub(window);
-        self.last_seen.retain(|e| e.1 >= cutoff);
-        let mut evicted = 0;
-        if self.last_seen.len() >= SEEN_CAP {
-            // The least recently seen goes (ties: the smaller hash).
-            let oldest = (0..self.last_seen.len())
-                .min_by_key(|&i| (self.last_seen[i].1, self.last_seen[i].0))
-                .expect("a full set");
-            self.last_seen.remove(oldest);
-            evicted = 1;
-        }
-        let at = self
-            .last_seen
-            .binary_search_by_key(&id, |e| e.0)
-            .unwrap_or_else(|i| i);
-        self.last_seen.insert(at, (id, time));
-        evicted
-    }
-
-    /// Whether `v` was seen at or after `at - window`; `None` for a
-    /// missing or null value.
-    fn seen(&self, at: i64, window: i64, v: &Value) -> Option<bool> {
-        let id = identity(v)?;
-        let cutoff = at.saturating_sub(window);
-        Some(
-            self.last_seen
-                .binary_search_by_key(&id, |e| e.0)
-                .is_ok_and(|i| self.last_seen[i].1 >= cutoff),
-        )
-    }
-}
-
-/// A value as `seen in` tells values apart: a stable 64-bit hash of its
-/// type and text. Equal values (`1` and `1.0`) hash alike; values of
-/// different types never compare equal. Stable across releases: the
-/// hashes live in checkpoints.
-fn identity(v: &Value) -> Option<u64> {
-    const STR: u64 = 1;
-    const NUM: u64 = 2;
-    const BOOL: u64 = 3;
-    Some(match v {
-        Value::Missing | Value::Null => return None,
-        Value::Str(s) => stable_hash(s.as_bytes(), STR),
-        Value::Bool(b) => stable_hash(&[*b as u8], BOOL),
-        Value::Int(i) => stable_hash(&i.to_le_bytes(), NUM),
-        Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-            stable_hash(&(*f as i64).to_le_bytes(), NUM)
-        }
-        Value::Float(f) => stable_hash(&f.to_bits().to_le_bytes(), NUM + 1),
-    })
 }
 
 #[cfg(test)]
