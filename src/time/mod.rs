@@ -14,7 +14,7 @@
 pub mod partitions;
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -61,8 +61,18 @@ pub enum Admit {
 }
 
 /// Holds items until the watermark passes their time.
+///
+/// Most input is in order, or nearly: an item that sorts after every item
+/// already in order goes to the back of a queue, in constant time; only an
+/// item that overtakes one goes to the heap. The earliest of the two fronts
+/// leaves first. (With a 5 s lateness and 1M events in order, the heap alone
+/// was a tenth of `cep replay`'s time: every event sifted down ten levels.)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReorderBuffer<T> {
+    /// Items that arrived in order, in order.
+    #[serde(default = "VecDeque::new")]
+    in_order: VecDeque<Pending<T>>,
+    /// Items that arrived before one they sort after.
     heap: BinaryHeap<Pending<T>>,
     seq: u64,
     max_seen: i64,
@@ -80,6 +90,7 @@ impl<T> ReorderBuffer<T> {
     /// arrive and still be placed in order.
     pub fn new(lateness: i64) -> Self {
         ReorderBuffer {
+            in_order: VecDeque::new(),
             heap: BinaryHeap::new(),
             seq: 0,
             max_seen: i64::MIN,
@@ -124,11 +135,11 @@ impl<T> ReorderBuffer<T> {
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.in_order.len() + self.heap.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.in_order.is_empty() && self.heap.is_empty()
     }
 
     /// Registers an item's time and says where the item goes. Deciding
@@ -139,7 +150,7 @@ impl<T> ReorderBuffer<T> {
             return Admit::Late;
         }
         self.max_seen = self.max_seen.max(time);
-        if self.heap.is_empty() && time <= self.watermark() {
+        if self.is_empty() && time <= self.watermark() {
             Admit::Now
         } else {
             Admit::Buffer
@@ -150,26 +161,46 @@ impl<T> ReorderBuffer<T> {
     pub fn insert(&mut self, time: i64, item: T) {
         let seq = self.seq;
         self.seq += 1;
-        self.heap.push(Pending { time, seq, item });
+        self.hold(Pending { time, seq, item });
     }
 
     /// Buffers an item with a caller-chosen tie-break among equal times (the
     /// service passes the record's position in its partition, so that ties
     /// leave in the same order however partitions interleave on re-reading).
     pub fn insert_ordered(&mut self, time: i64, order: u64, item: T) {
-        self.heap.push(Pending {
+        self.hold(Pending {
             time,
             seq: order,
             item,
         });
     }
 
+    fn hold(&mut self, p: Pending<T>) {
+        match self.in_order.back() {
+            Some(last) if (p.time, p.seq) < (last.time, last.seq) => self.heap.push(p),
+            _ => self.in_order.push_back(p),
+        }
+    }
+
     /// The earliest item the watermark has passed, if any.
     pub fn pop_ready(&mut self) -> Option<T> {
-        if self.heap.peek()?.time <= self.watermark() {
-            self.heap.pop().map(|p| p.item)
+        let from_queue = match (self.in_order.front(), self.heap.peek()) {
+            (Some(q), Some(h)) => (q.time, q.seq) <= (h.time, h.seq),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let watermark = self.watermark();
+        if from_queue {
+            (self.in_order.front()?.time <= watermark)
+                .then(|| self.in_order.pop_front())
+                .flatten()
+                .map(|p| p.item)
         } else {
-            None
+            (self.heap.peek()?.time <= watermark)
+                .then(|| self.heap.pop())
+                .flatten()
+                .map(|p| p.item)
         }
     }
 
@@ -211,6 +242,23 @@ mod tests {
         assert_eq!(b.admit(3), Admit::Late);
         b.flush();
         assert_eq!(drain(&mut b), ["a", "c", "e"]);
+    }
+
+    #[test]
+    fn items_in_order_and_overtaking_ones_leave_in_time_order() {
+        let mut b = ReorderBuffer::new(100);
+        let times = [5, 7, 6, 7, 9, 1, 12, 12, 8, 30, 29];
+        for (n, t) in times.into_iter().enumerate() {
+            assert_eq!(b.admit(t), Admit::Buffer);
+            b.insert(t, n);
+        }
+        assert_eq!(b.len(), times.len());
+        b.flush();
+        let order: Vec<usize> = std::iter::from_fn(|| b.pop_ready()).collect();
+        let mut want: Vec<usize> = (0..times.len()).collect();
+        want.sort_by_key(|&n| (times[n], n));
+        assert_eq!(order, want);
+        assert!(b.is_empty());
     }
 
     #[test]
