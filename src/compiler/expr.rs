@@ -7,8 +7,10 @@
 //! variables. Evaluation is a plain tree walk over slot values; operands that
 //! are fields or constants are borrowed, never cloned.
 
+mod bindings;
 mod lookback;
 
+pub use bindings::Bindings;
 pub use lookback::{longest_window, uses_since_previous};
 
 use std::borrow::Cow;
@@ -89,10 +91,13 @@ pub struct Binding {
     pub event: Arc<Event>,
 }
 
+/// The bindings of an event no run has taken yet.
+static NO_BINDINGS: Bindings = Bindings::EMPTY;
+
 /// What an expression is evaluated against.
 pub struct Env<'a> {
     pub current: Option<&'a Event>,
-    pub bindings: &'a [Binding],
+    pub bindings: &'a Bindings,
     pub key: Option<&'a Key>,
     pub start: i64,
     pub end: i64,
@@ -108,7 +113,7 @@ impl<'a> Env<'a> {
     pub fn of_event(ev: &'a Event, history: Option<&'a KeyHistory>) -> Env<'a> {
         Env {
             current: Some(ev),
-            bindings: &[],
+            bindings: &NO_BINDINGS,
             key: None,
             start: 0,
             end: 0,
@@ -183,16 +188,14 @@ impl CExpr {
             CExpr::Field(s) => Borrowed(env.current.map_or(&MISSING, |e| &e.slots[*s as usize])),
             CExpr::VarField(v, s) => Borrowed(
                 env.bindings
-                    .iter()
-                    .rev()
+                    .newest_first()
                     .find(|b| b.var == *v)
                     .map_or(&MISSING, |b| &b.event.slots[*s as usize]),
             ),
             CExpr::Time(None) => Owned(env.current.map_or(Value::Missing, |e| Value::Int(e.time))),
             CExpr::Time(Some(v)) => Owned(
                 env.bindings
-                    .iter()
-                    .rev()
+                    .newest_first()
                     .find(|b| b.var == *v)
                     .map_or(Value::Missing, |b| Value::Int(b.event.time)),
             ),
@@ -328,14 +331,14 @@ fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Value {
     }
 }
 
-fn aggregate(f: AggFunc, var: VarId, slot: Option<u32>, bindings: &[Binding]) -> Value {
-    let mut values = bindings
-        .iter()
-        .filter(|b| b.var == var)
-        .map(|b| match slot {
-            Some(s) => b.event.slots[s as usize].clone(),
-            None => Value::Int(b.event.time),
-        });
+fn aggregate(f: AggFunc, var: VarId, slot: Option<u32>, bindings: &Bindings) -> Value {
+    // Oldest first, as written: sums of floats depend on the order.
+    let of_var: smallvec::SmallVec<[&Binding; 8]> =
+        bindings.newest_first().filter(|b| b.var == var).collect();
+    let mut values = of_var.into_iter().rev().map(|b| match slot {
+        Some(s) => b.event.slots[s as usize].clone(),
+        None => Value::Int(b.event.time),
+    });
     match f {
         AggFunc::Count => Value::Int(match slot {
             None => values.count(),

@@ -11,6 +11,7 @@
 //! engine that runs the pattern reads the same one, while the per-key run
 //! state lives in [`crate::engine`].
 
+mod dominance;
 pub mod dot;
 pub mod expr;
 pub mod nfa;
@@ -24,7 +25,7 @@ use crate::dsl::{self, Diagnostic, Diagnostics};
 use crate::event::{stable_hash, FieldTable};
 use crate::history::HistoryPlan;
 
-pub use expr::{Binding, CExpr, Env, Names, VarId, VarInfo};
+pub use expr::{Binding, Bindings, CExpr, Env, Names, VarId, VarInfo};
 pub use nfa::{Entry, Node, NodeId, State};
 
 use expr::{Context, Resolver};
@@ -81,6 +82,10 @@ pub struct Inner {
     pub conditions: Vec<Option<CExpr>>,
     pub states: Vec<State>,
     pub nodes: Vec<Node>,
+    /// By node: a run arriving there is dropped when an older run of its
+    /// key is in the same state (see `dominance`: it could never be
+    /// reported).
+    pub dominated: Vec<bool>,
     pub start: NodeId,
     pub fields: FieldTable,
     /// What is kept of each key's past ([`crate::history`]); empty for
@@ -308,6 +313,7 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
             .map(|(k, v)| (k.name.clone(), v.clone()))
             .collect(),
         vars,
+        dominated: dominance::dominated_nodes(skip, &conditions, &built.nodes),
         conditions,
         states: built.states,
         nodes: built.nodes,

@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::expr::MatchInfo;
-use crate::compiler::{Automaton, Binding, CExpr, Env};
+use crate::compiler::{Automaton, Bindings, CExpr, Env};
 use crate::event::{stable_hash, Key};
 use crate::history::KeyHistory;
 
@@ -64,7 +64,7 @@ pub fn build(
     a: &Automaton,
     kind: AlertKind,
     key: &Key,
-    bindings: &[Binding],
+    bindings: &Bindings,
     (start, end): (i64, i64),
     include_events: bool,
     history: (Option<&KeyHistory>, i64),
@@ -94,13 +94,14 @@ pub fn build(
         })
         .collect();
 
+    let bindings = bindings.oldest_first();
     let mut id = Vec::with_capacity(64);
     id.extend_from_slice(a.name.as_bytes());
     id.push(0);
     id.extend_from_slice(&a.version.to_le_bytes());
     id.extend_from_slice(key.as_str().as_bytes());
     id.push(kind as u8);
-    for b in bindings {
+    for b in &bindings {
         id.extend_from_slice(&b.var.to_le_bytes());
         id.extend_from_slice(&b.event.time.to_le_bytes());
         id.extend_from_slice(&b.event.hash.to_le_bytes());
@@ -114,7 +115,7 @@ pub fn build(
 
     let events = include_events.then(|| {
         let mut by_var: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-        for b in bindings {
+        for b in &bindings {
             let doc = b
                 .event
                 .raw

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::compiler::{Automaton, Binding, Entry, Env, Names, NodeId, SkipPlan};
+use crate::compiler::{Automaton, Binding, Bindings, Entry, Env, Names, NodeId, SkipPlan};
 use crate::dsl::ast::Contiguity;
 use crate::event::{Event, Key};
 use crate::history::KeyHistory;
@@ -53,7 +53,7 @@ pub struct Run {
     start_pos: u64,
     start_time: i64,
     last_time: i64,
-    bindings: Vec<Binding>,
+    bindings: Bindings,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -614,7 +614,7 @@ impl Step<'_> {
                 start_pos: pos,
                 start_time: ev.time,
                 last_time: ev.time,
-                bindings: Vec::new(),
+                bindings: Bindings::new(),
             };
             self.step(seed, ev, pos, &mut next, &mut floor);
         }
@@ -693,9 +693,7 @@ impl Step<'_> {
                     }
                     continue;
                 }
-                let mut bindings = Vec::with_capacity(run.bindings.len() + 1);
-                bindings.extend_from_slice(&run.bindings);
-                bindings.push(Binding {
+                let bindings = run.bindings.with(Binding {
                     var: *var,
                     pos,
                     event: ev.clone(),
@@ -754,6 +752,14 @@ impl Step<'_> {
         }
         match self.settle(run) {
             Settle::Wait(run) => {
+                if let Some(older) = self.dominating(&run, next) {
+                    let (r, by) = (run.start_pos, older);
+                    self.note(|o| Note::Dominated {
+                        run: r + o,
+                        by: by + o,
+                    });
+                    return;
+                }
                 if next.capacity() == 0 {
                     next.reserve_exact(1);
                 }
@@ -782,6 +788,26 @@ impl Step<'_> {
                 }
             }
         }
+    }
+
+    /// The start of an older run, already placed, that makes `run` dead
+    /// weight (see [`crate::compiler`]'s `dominance`): same state, both took
+    /// the current event, at a node sure to match.
+    fn dominating(&self, run: &Run, placed: &[Run]) -> Option<u64> {
+        if !self.a.dominated[run.node as usize] {
+            return None;
+        }
+        let took = run.bindings.last()?.pos;
+        placed
+            .iter()
+            .find(|o| {
+                o.node == run.node
+                    && o.alive == run.alive
+                    && o.fresh == run.fresh
+                    && o.start_pos < run.start_pos
+                    && o.bindings.last().is_some_and(|b| b.pos == took)
+            })
+            .map(|o| o.start_pos)
     }
 
     fn settle(&self, run: Run) -> Settle {
@@ -814,11 +840,13 @@ impl Step<'_> {
             self.lim.include_events,
             (self.history, end),
         ));
-        let first_pos = |v| run.bindings.iter().find(|b| b.var == v).map(|b| b.pos);
+        let first_pos = |v| {
+            let of_v = run.bindings.newest_first().filter(|b| b.var == v);
+            of_v.last().map(|b| b.pos)
+        };
         let last_pos = |v| {
             run.bindings
-                .iter()
-                .rev()
+                .newest_first()
                 .find(|b| b.var == v)
                 .map(|b| b.pos)
         };

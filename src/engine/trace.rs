@@ -37,6 +37,9 @@ pub enum Note {
     Matched { run: u64 },
     /// The skip strategy dropped run `run` after the match of run `after`.
     Pruned { run: u64, after: u64 },
+    /// Run `run` was dropped as it was made: run `by`, older, is in the
+    /// same state and will match first (its match would drop `run`).
+    Dominated { run: u64, by: u64 },
     /// Run `run`'s window (or max gap) closed `by_ms` before the time that
     /// ended it (`None`: the end of input ended it); `timeout_alert` when
     /// the pattern raises one.
@@ -81,6 +84,10 @@ impl Note {
             Note::Pruned { run, after } => {
                 format!("  run {run} dropped by the skip strategy after run {after}'s match")
             }
+            Note::Dominated { run, by } => format!(
+                "  run {run} dropped: run {by} is in the same state and matches first, \
+                 and the skip strategy would drop run {run} at that match"
+            ),
             Note::Late { time, watermark } => format!(
                 "late event at {}: behind the watermark {} by {}, never matched (allow more lateness)",
                 crate::engine::alert::rfc3339(*time),

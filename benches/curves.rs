@@ -1,0 +1,246 @@
+//! Cost per event as the load grows (issue 12: "flat cost curves").
+//!
+//! Three curves, each printed as a table of nanoseconds per event (median
+//! of three runs) and the ratio to the curve's first point:
+//!
+//! - **keys** 1k → 10M: `small then large within 1h` over a stream in which
+//!   half the events are small, so nearly every key holds an open run; the
+//!   engine's key map grows to the key count.
+//! - **window** 1 min → 24 h: `small then large within W` over 2M card
+//!   events (2 % small, 1 % large, 10 ms apart) on 100k keys: longer windows
+//!   keep more runs open and expire them later.
+//! - **burst** 10 → 10,000: a greedy loop `big{1,} within 1h` over bursts of
+//!   B big events of one key, each burst closed by a small event (which
+//!   ends the loop and emits the match), 1M events in all.
+//!
+//! Events are built in batches outside the clock (already decoded, as in
+//! `engine/*`); the clock covers `Engine::push_event` and the final flush.
+//! A point runs in its own engine; memory is freed between points.
+//!
+//! Run: `cargo bench --bench curves` (about two minutes; `CURVES=keys` or
+//! `window` or `burst` runs one).
+
+use std::time::{Duration, Instant};
+
+use cep::compiler::{compile_source, Automaton};
+use cep::engine::{Engine, EngineConfig, Output};
+use cep::event::{Event, Key, Slots};
+use cep::gen::SplitMix64;
+use cep::value::Value;
+
+/// How the events of one point are made: event `n` of the stream.
+trait Stream {
+    fn len(&self) -> usize;
+    /// (key number, time ms, amount) of event `n`.
+    fn event(&mut self, n: usize) -> (u64, i64, f64);
+}
+
+fn main() {
+    let which = std::env::var("CURVES").unwrap_or_default();
+    let wants = |c: &str| which.is_empty() || which.split(',').any(|w| w == c);
+    if wants("keys") {
+        keys_curve();
+    }
+    if wants("window") {
+        window_curve();
+    }
+    if wants("burst") {
+        burst_curve();
+    }
+}
+
+fn pattern(window: &str) -> String {
+    format!(
+        "pattern small_then_large
+  from cards key card time ts within {window}
+  match small then large
+  define small as amount < 10, large as amount > 500
+end"
+    )
+}
+
+fn keys_curve() {
+    struct Keys {
+        keys: u64,
+        events: usize,
+        rng: SplitMix64,
+    }
+    impl Stream for Keys {
+        fn len(&self) -> usize {
+            self.events
+        }
+        fn event(&mut self, n: usize) -> (u64, i64, f64) {
+            let key = self.rng.below(self.keys);
+            let amount = match self.rng.below(100) {
+                0 => 600.0,
+                1..=50 => 5.0,
+                _ => 50.0,
+            };
+            (key, n as i64, amount)
+        }
+    }
+    let src = pattern("1h");
+    let mut curve = Curve::new("keys: `small then large within 1h`, half the events small");
+    for keys in [1_000u64, 10_000, 100_000, 1_000_000, 10_000_000] {
+        let events = (2 * keys as usize).max(2_000_000);
+        let ns = median_ns(&src, || Keys {
+            keys,
+            events,
+            rng: SplitMix64::new(7),
+        });
+        curve.point(&format!("{keys} keys ({events} events)"), ns);
+    }
+}
+
+/// A card stream: `p_small`, `p_large` of the amounts; 10 ms apart.
+struct Cards {
+    keys: u64,
+    events: usize,
+    rng: SplitMix64,
+}
+
+impl Stream for Cards {
+    fn len(&self) -> usize {
+        self.events
+    }
+    fn event(&mut self, n: usize) -> (u64, i64, f64) {
+        let key = self.rng.below(self.keys);
+        let amount = match self.rng.below(100) {
+            0 => 600.0,
+            1 | 2 => 5.0,
+            _ => 50.0,
+        };
+        (key, n as i64 * 10, amount)
+    }
+}
+
+fn window_curve() {
+    let mut curve = Curve::new("window: `small then large within W`, 2M card events on 100k keys");
+    for w in ["1m", "10m", "1h", "6h", "24h"] {
+        let ns = median_ns(&pattern(w), || Cards {
+            keys: 100_000,
+            events: 2_000_000,
+            rng: SplitMix64::new(11),
+        });
+        curve.point(&format!("within {w}"), ns);
+    }
+}
+
+fn burst_curve() {
+    struct Bursts {
+        size: usize,
+        events: usize,
+    }
+    impl Stream for Bursts {
+        fn len(&self) -> usize {
+            self.events
+        }
+        fn event(&mut self, n: usize) -> (u64, i64, f64) {
+            // A burst is `size` big events and one small that closes it;
+            // each burst on its own key.
+            let burst = (n / (self.size + 1)) as u64;
+            let closes = n % (self.size + 1) == self.size;
+            (burst, n as i64, if closes { 1.0 } else { 200.0 })
+        }
+    }
+    let src = "pattern burst
+  from cards key card time ts within 1h
+  match big{1,}
+  define big as amount > 100
+  emit n = count(big)
+end";
+    let mut curve = Curve::new("burst: greedy `big{1,} within 1h`, 1M events in bursts of B");
+    for size in [10usize, 100, 1_000, 10_000] {
+        let ns = median_ns(src, || Bursts {
+            size,
+            events: 1_000_000,
+        });
+        curve.point(&format!("bursts of {size}"), ns);
+    }
+}
+
+/// Median over three runs of the nanoseconds per event.
+fn median_ns<S: Stream>(src: &str, stream: impl Fn() -> S) -> f64 {
+    let automata = compile_source("curve.cep", src).expect("the curve's pattern compiles");
+    let mut runs: Vec<f64> = (0..3).map(|_| run(&automata, stream())).collect();
+    runs.sort_by(f64::total_cmp);
+    runs[1]
+}
+
+/// One pass: events built a batch at a time off the clock, pushed on it.
+fn run<S: Stream>(automata: &[Automaton], mut stream: S) -> f64 {
+    const BATCH: usize = 1 << 16;
+    let amount_slot = automata[0]
+        .fields
+        .paths
+        .iter()
+        .position(|p| p == &["amount".to_string()])
+        .expect("the pattern reads amount");
+    let slots = automata[0].fields.paths.len();
+    let mut engine = Engine::new(automata.to_vec(), EngineConfig::default());
+    let mut out = Output::default();
+    let mut names: Vec<String> = Vec::new();
+    let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
+    let mut clock = Duration::ZERO;
+    let mut alerts = 0usize;
+    let len = stream.len();
+    let mut n = 0;
+    while n < len {
+        batch.clear();
+        for i in n..(n + BATCH).min(len) {
+            let (key, time, amount) = stream.event(i);
+            names.clear();
+            names.push(format!("c{key}"));
+            batch.push(Event {
+                time,
+                key: Key::new(&names[0]),
+                slots: Slots::from_fn(slots, |s| {
+                    if s == amount_slot {
+                        Value::Float(amount)
+                    } else {
+                        Value::Missing
+                    }
+                }),
+                hash: i as u64,
+                raw: None,
+            });
+        }
+        n += batch.len();
+        let started = Instant::now();
+        for ev in batch.drain(..) {
+            engine.push_event(0, ev, &mut out);
+        }
+        clock += started.elapsed();
+        alerts += out.alerts.len();
+        out.alerts.clear();
+    }
+    let started = Instant::now();
+    engine.flush(&mut out);
+    clock += started.elapsed();
+    alerts += out.alerts.len();
+    std::hint::black_box(alerts);
+    clock.as_nanos() as f64 / len as f64
+}
+
+/// A table printed as its points are measured.
+struct Curve {
+    first: Option<f64>,
+}
+
+impl Curve {
+    fn new(title: &str) -> Curve {
+        println!("\n{title}\n");
+        println!("| point | ns per event | events/s | × first point |");
+        println!("| --- | --- | --- | --- |");
+        Curve { first: None }
+    }
+
+    fn point(&mut self, name: &str, ns: f64) {
+        let first = *self.first.get_or_insert(ns);
+        println!(
+            "| {name} | {ns:.0} | {:.2} M | {:.2} |",
+            1e3 / ns,
+            ns / first
+        );
+    }
+}

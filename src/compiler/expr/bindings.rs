@@ -1,0 +1,188 @@
+//! A run's bound events as a persistent list.
+//!
+//! A run that takes an event becomes a new run with one more binding, and
+//! with `skip none` or `any` contiguity the old run lives on beside it. With
+//! a vector, each step copied every earlier binding, so a loop over n events
+//! cost n²/2 copies (and n²/2 reference-count increments): the per-event
+//! cost of a greedy `big{1,}` grew with the burst. Here a step adds one link
+//! pointing at the run's earlier bindings, which the runs branching off one
+//! another share: constant cost per step whatever the run's length.
+//!
+//! Conditions read the newest bindings first (`a.amount` is the last event
+//! bound to `a`), which is the list's natural order; alerts and aggregates,
+//! which want the oldest first, collect the list once.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::Binding;
+
+/// The events a run has bound, newest first, sharing older links.
+#[derive(Clone, Debug, Default)]
+pub struct Bindings {
+    newest: Option<Arc<Link>>,
+}
+
+#[derive(Debug)]
+struct Link {
+    binding: Binding,
+    older: Option<Arc<Link>>,
+}
+
+impl Bindings {
+    pub const EMPTY: Bindings = Bindings { newest: None };
+
+    pub fn new() -> Bindings {
+        Bindings::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.newest.is_none()
+    }
+
+    /// These bindings and then `b`; `self` is unchanged (and shared).
+    pub fn with(&self, b: Binding) -> Bindings {
+        Bindings {
+            newest: Some(Arc::new(Link {
+                binding: b,
+                older: self.newest.clone(),
+            })),
+        }
+    }
+
+    /// Newest first.
+    pub fn newest_first(&self) -> NewestFirst<'_> {
+        NewestFirst {
+            next: self.newest.as_deref(),
+        }
+    }
+
+    /// The last binding.
+    pub fn last(&self) -> Option<&Binding> {
+        self.newest.as_deref().map(|l| &l.binding)
+    }
+
+    /// Oldest first, collected (for alerts and order-sensitive aggregates).
+    pub fn oldest_first(&self) -> Vec<&Binding> {
+        let mut all: Vec<&Binding> = self.newest_first().collect();
+        all.reverse();
+        all
+    }
+
+    /// Builds the list from bindings oldest first.
+    pub fn from_oldest_first(bindings: impl IntoIterator<Item = Binding>) -> Bindings {
+        bindings
+            .into_iter()
+            .fold(Bindings::new(), |list, b| list.with(b))
+    }
+}
+
+/// Iterator over a run's bindings, newest first.
+pub struct NewestFirst<'a> {
+    next: Option<&'a Link>,
+}
+
+impl<'a> Iterator for NewestFirst<'a> {
+    type Item = &'a Binding;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a Binding> {
+        let link = self.next?;
+        self.next = link.older.as_deref();
+        Some(&link.binding)
+    }
+}
+
+impl Drop for Bindings {
+    /// Unlinks iteratively: the default recursive drop of a long chain
+    /// would overflow the stack (a run can bind tens of thousands).
+    fn drop(&mut self) {
+        let mut next = self.newest.take();
+        while let Some(link) = next {
+            next = match Arc::try_unwrap(link) {
+                Ok(mut owned) => owned.older.take(),
+                Err(_) => None, // still shared: the other owner drops the rest
+            };
+        }
+    }
+}
+
+impl PartialEq for Bindings {
+    fn eq(&self, other: &Bindings) -> bool {
+        self.newest_first().eq(other.newest_first())
+    }
+}
+
+/// Saved as the sequence of bindings, oldest first (the format of the
+/// vector it replaced, so checkpoints read either way).
+impl Serialize for Bindings {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.oldest_first())
+    }
+}
+
+impl<'de> Deserialize<'de> for Bindings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bindings, D::Error> {
+        Ok(Bindings::from_oldest_first(Vec::<Binding>::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Key, Slots};
+
+    fn binding(var: u16, pos: u64) -> Binding {
+        Binding {
+            var,
+            pos,
+            event: Arc::new(Event {
+                time: pos as i64,
+                key: Key::new("k"),
+                slots: Slots::from_fn(0, |_| unreachable!()),
+                hash: pos,
+                raw: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn branches_share_their_common_past() {
+        let base = Bindings::new().with(binding(0, 1)).with(binding(1, 2));
+        let left = base.with(binding(1, 3));
+        let right = base.with(binding(2, 4));
+        let pos = |b: &Bindings| b.oldest_first().iter().map(|b| b.pos).collect::<Vec<_>>();
+        assert_eq!(pos(&base), [1, 2]);
+        assert_eq!(pos(&left), [1, 2, 3]);
+        assert_eq!(pos(&right), [1, 2, 4]);
+        assert_eq!(left.last().map(|b| b.pos), Some(3));
+        let newest: Vec<u64> = right.newest_first().map(|b| b.pos).collect();
+        assert_eq!(newest, [4, 2, 1]);
+        drop(base);
+        assert_eq!(
+            pos(&left),
+            [1, 2, 3],
+            "dropping one owner keeps the shared links"
+        );
+    }
+
+    #[test]
+    fn a_long_chain_drops_without_recursion() {
+        let mut list = Bindings::new();
+        for pos in 0..200_000 {
+            list = list.with(binding(0, pos));
+        }
+        drop(list);
+    }
+
+    #[test]
+    fn saved_oldest_first_like_a_vector() {
+        let list = Bindings::from_oldest_first([binding(0, 1), binding(1, 2)]);
+        let json = serde_json::to_string(&list).unwrap();
+        let as_vec = serde_json::to_string(&vec![binding(0, 1), binding(1, 2)]).unwrap();
+        assert_eq!(json, as_vec);
+        let back: Bindings = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, list);
+    }
+}
