@@ -633,9 +633,7 @@ impl Scan<'_, '_> {
 
     /// One escape, after its backslash.
     fn escape(&mut self) -> Result<char, Bad> {
-        let c = self
-            .peek()
-            .ok_or(Bad("EOF while parsing a string"))?;
+        let c = self.peek().ok_or(Bad("EOF while parsing a string"))?;
         self.pos += 1;
         Ok(match c {
             b'"' => '"',
