@@ -11,14 +11,16 @@
 //! when the last output is acknowledged by the broker. After criterion's
 //! groups, a fixed-rate run prints event → alert latency percentiles.
 //!
-//! Needs nisshi (`scripts/install-broker.sh`). Run: `cargo bench --bench service`.
+//! Needs nisshi (`scripts/install-broker.sh`). Run: `cargo bench --bench service`;
+//! the latency run alone: `cargo bench --bench service -- latency` (settings
+//! in `LatencySettings`).
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
@@ -517,35 +519,146 @@ fn bench_service(c: &mut Criterion) {
     latency();
 }
 
-/// Event → alert latency at a fixed input rate, for cep and, as the
-/// baseline, for a pass-through relay on the same broker: events at `RATE`
-/// per second into a fresh topic (one partition, lateness 0), each carrying
-/// its wall-clock send time; a reader of the output topic measures when it
-/// sees each one. An event is matched once a later one has arrived (the
-/// watermark must pass it), so cep's figure includes one inter-arrival time
-/// (1 ms here); the configured lateness is 0, so nothing else is netted out.
-fn latency() {
-    let storage =
-        std::env::var("CEP_BENCH_LATENCY_STORAGE").unwrap_or_else(|_| "memory://nisshi/".into());
-    for relay in [Relay::Passthrough, Relay::Cep] {
-        let (total, emitted) = latency_run(&storage, relay);
-        let pct =
-            |v: &[i64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
-        eprintln!(
-            "service/latency/{relay:?}: {} records at {RATE} events/s: event -> output read back: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; event -> output produced: p50 {:.1} ms, p99 {:.1} ms",
-            total.len(),
-            pct(&total, 0.5),
-            pct(&total, 0.9),
-            pct(&total, 0.99),
-            pct(&total, 1.0),
-            pct(&emitted, 0.5),
-            pct(&emitted, 0.99),
-        );
+/// Settings of the latency run, from the environment.
+#[derive(Clone, Debug)]
+struct LatencySettings {
+    /// `CEP_BENCH_LATENCY_STORAGE`, default `memory://nisshi/`.
+    storage: String,
+    /// `CEP_BENCH_LATENCY_RATE`: events a second, default 10,000.
+    rate: u64,
+    /// `CEP_BENCH_LATENCY_SECONDS`: measured seconds, default 10.
+    seconds: u64,
+    /// `CEP_BENCH_LATENCY_PARTITIONS`: of the input and output topics,
+    /// default 3.
+    partitions: i32,
+    /// `CEP_BENCH_LATENCY_LATENESS_MS`: cep's `engine.lateness`, netted out
+    /// of its figures, default 100.
+    lateness_ms: u64,
+    /// `CEP_BENCH_LATENCY_ROUNDS`: relay then cep, this many times,
+    /// default 1.
+    rounds: usize,
+    /// `CEP_BENCH_LATENCY_RELAYS`: which to run, default
+    /// `passthrough,cep`.
+    relays: String,
+    /// `CEP_BENCH_LATENCY_LINGER_MS`: `linger.ms` of the event producer,
+    /// default 5.
+    linger_ms: u64,
+    /// `CEP_BENCH_LATENCY_FRAUD`: whether cep also runs the six fraud
+    /// patterns, default false. Their state grows by about 10 MB a second
+    /// at 10,000 events/s (no window closes within the run), and writing
+    /// it as checkpoints every second is then what sets the latency.
+    fraud: bool,
+    /// `CEP_BENCH_LATENCY_CARDS`: cards the events are spread over,
+    /// default 1,000,000.
+    cards: usize,
+}
+
+impl LatencySettings {
+    fn from_env() -> LatencySettings {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: cannot parse {v:?}")),
+                Err(_) => default,
+            }
+        }
+        LatencySettings {
+            storage: var("CEP_BENCH_LATENCY_STORAGE", "memory://nisshi/".to_string()),
+            rate: var("CEP_BENCH_LATENCY_RATE", 10_000),
+            seconds: var("CEP_BENCH_LATENCY_SECONDS", 10),
+            partitions: var("CEP_BENCH_LATENCY_PARTITIONS", 3),
+            lateness_ms: var("CEP_BENCH_LATENCY_LATENESS_MS", 100),
+            rounds: var("CEP_BENCH_LATENCY_ROUNDS", 1),
+            cards: var("CEP_BENCH_LATENCY_CARDS", 1_000_000),
+            fraud: var("CEP_BENCH_LATENCY_FRAUD", false),
+            linger_ms: var("CEP_BENCH_LATENCY_LINGER_MS", 5),
+            relays: var("CEP_BENCH_LATENCY_RELAYS", "passthrough,cep".to_string()),
+        }
     }
 }
 
-const RATE: u64 = 1_000;
-const SECONDS: u64 = 10;
+/// Events sent before the measured window (connections, metadata, first
+/// batches) and, after it, for at least the lateness and this long again
+/// (so every measured event is released by later ones, never by the end
+/// of the stream).
+const WARM_UP: Duration = Duration::from_secs(1);
+const TAIL: Duration = Duration::from_millis(500);
+
+/// Event → alert latency at a fixed input rate, for cep and, as the
+/// baseline, for a pass-through relay on the same kind of broker (a fresh
+/// one for each run): card events at `rate` per second into a topic of
+/// `partitions` partitions keyed by card, each carrying its wall-clock send
+/// time (and its event time `ts` = that time in ms); a reader of the output
+/// topic notes when it sees each one.
+///
+/// cep runs one pattern alerting on every event (and, with
+/// `CEP_BENCH_LATENCY_FRAUD=true`, the fraud patterns), checkpointing every
+/// second, with `engine.lateness` = `lateness_ms`: an event is released to the
+/// matcher once an event of its partition at least lateness + 1 ms younger
+/// has been read (the engine runs 1 ms behind the watermark, see
+/// `cep::time::partitions`), so its latency holds the lateness plus up to
+/// about 1 ms (the event time has millisecond resolution) by design. cep's
+/// figures are printed net of the lateness, "beyond the configured
+/// lateness".
+fn latency() {
+    let s = LatencySettings::from_env();
+    eprintln!("service/latency: {s:?}, warm-up {WARM_UP:?} not measured");
+    let mut p99 = Vec::new();
+    for round in 0..s.rounds {
+        for relay in [Relay::Passthrough, Relay::Cep] {
+            if !s.relays.contains(&format!("{relay:?}").to_lowercase()) {
+                continue;
+            }
+            let r = latency_run(&s, relay, round);
+            let pct = |v: &[i64], p: f64| {
+                if v.is_empty() {
+                    return f64::NAN;
+                }
+                v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0
+            };
+            let net = match relay {
+                Relay::Cep => format!("net of the lateness ({} ms)", s.lateness_ms),
+                Relay::Passthrough => "no lateness".into(),
+            };
+            eprintln!(
+                "service/latency/{relay:?} (round {round}): {}/{} measured records ({} other records{}) at {:.0} events/s achieved (asked {}; producer at most {:.1} ms behind schedule, {} events sent in {:.2} s); event -> output read back, {net}: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; event -> output produced (record timestamp, ms resolution): p50 {:.1} ms, p99 {:.1} ms",
+                r.total.len(),
+                r.expected,
+                r.others,
+                match relay {
+                    Relay::Cep => " (fraud alerts)",
+                    Relay::Passthrough => "",
+                },
+                r.achieved,
+                s.rate,
+                r.behind.as_secs_f64() * 1e3,
+                r.sent,
+                r.send_time.as_secs_f64(),
+                pct(&r.total, 0.5),
+                pct(&r.total, 0.9),
+                pct(&r.total, 0.99),
+                pct(&r.total, 1.0),
+                pct(&r.emitted, 0.5),
+                pct(&r.emitted, 0.99),
+            );
+            p99.push((relay, pct(&r.total, 0.99)));
+        }
+    }
+    let mean = |which: fn(&Relay) -> bool| {
+        let v: Vec<f64> = p99.iter().filter(|x| which(&x.0)).map(|x| x.1).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (relay, cep) = (
+        mean(|r| matches!(r, Relay::Passthrough)),
+        mean(|r| matches!(r, Relay::Cep)),
+    );
+    eprintln!(
+        "service/latency: p99 cep {cep:.1} ms (net of lateness) - relay {relay:.1} ms = {:.1} ms (target: at most 20 ms): {}",
+        cep - relay,
+        if cep - relay <= 20.0 { "met" } else { "NOT met" }
+    );
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Relay {
@@ -560,38 +673,81 @@ fn wall_micros() -> i64 {
         .as_micros() as i64
 }
 
-/// Latencies in microseconds, sorted: (read back, produced by the relay).
-fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
-    let broker = Broker::start_with(storage);
+/// What one latency run measured.
+struct LatencyResult {
+    /// Microseconds, sorted: event sent → output read back (net of the
+    /// lateness for cep).
+    total: Vec<i64>,
+    /// Microseconds, sorted: event sent → output record's timestamp.
+    emitted: Vec<i64>,
+    /// Records of the measured window expected.
+    expected: usize,
+    /// Other records read (fraud alerts).
+    others: usize,
+    sent: u64,
+    send_time: Duration,
+    /// Events a second the producer achieved.
+    achieved: f64,
+    /// How far the producer fell behind its schedule, at most.
+    behind: Duration,
+}
+
+const LATENCY_EVERY_EVENT: &str = r#"
+pattern every_event
+  from in key card.id time ts
+  match x
+  define x as amount >= 0
+  emit sent = x.sent, n = x.n
+end
+"#;
+
+fn latency_run(s: &LatencySettings, relay: Relay, round: usize) -> LatencyResult {
+    let broker = Broker::start_with(&s.storage);
     let brokers = broker.brokers();
     let rt = rt();
     for t in ["in", "out"] {
-        rt.block_on(cep::service::produce::create_topic(&brokers, t, 1))
-            .unwrap();
+        rt.block_on(cep::service::produce::create_topic(
+            &brokers,
+            t,
+            s.partitions,
+        ))
+        .unwrap();
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut stop_service = None;
+    let mut probes = None;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = std::env::temp_dir().join(format!("cep-bench-latency-{round}"));
     let server = match relay {
         Relay::Cep => {
-            let state = std::env::temp_dir().join("cep-bench-latency");
             let _ = std::fs::remove_dir_all(&state);
             let http = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut config = service_config(&brokers, &state, "latency", http);
+            let mut config = service_config(&brokers, &state, &format!("latency-{round}"), http);
+            config.engine.lateness = format!("{}ms", s.lateness_ms);
+            if let Ok(ms) = std::env::var("CEP_BENCH_LATENCY_CHECKPOINT_MS") {
+                config.serve.checkpoint_interval =
+                    cep::config::Duration::from_millis(ms.parse().unwrap());
+            }
             if let Some(cep::config::SinkConfig::Kafka(k)) = config.sinks.get_mut("out") {
                 k.topic = "out".into();
             }
-            let source = EVERY_EVENT.replace("emit amount = x.amount", "emit sent = x.sent");
+            let mut source = LATENCY_EVERY_EVENT.to_string();
+            if s.fraud {
+                source.push_str(&fraud_source());
+            }
             let automata = cep::compiler::compile_source("bench", &source).unwrap();
             let running = start_service(&rt, config, automata);
             stop_service = Some(running.stop);
+            probes = Some(running.probes);
             running.server
         }
         Relay::Passthrough => {
+            // The service's client settings (src/service/source.rs and
+            // sink/kafka.rs), so the difference is cep's own.
             let b = brokers.clone();
             let up = ready.clone();
             let h = rt.spawn(async move {
@@ -606,6 +762,7 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
                 let p: FutureProducer = ClientConfig::new()
                     .set("bootstrap.servers", &b)
                     .set("enable.idempotence", "true")
+                    .set("acks", "all")
                     .set("linger.ms", "5")
                     .create()
                     .unwrap();
@@ -618,7 +775,11 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
                         _ = &mut stopped => break,
                         m = c.recv() => {
                             let m = m.unwrap();
-                            let _ = p.send_result(FutureRecord::<(), _>::to("out").payload(m.payload().unwrap_or_default()));
+                            let mut rec = FutureRecord::<[u8], _>::to("out").payload(m.payload().unwrap_or_default());
+                            if let Some(k) = m.key() {
+                                rec = rec.key(k);
+                            }
+                            let _ = p.send_result(rec);
                         }
                         _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                     }
@@ -632,8 +793,18 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
             h
         }
     };
+    let rate = s.rate;
+    let first = rate * WARM_UP.as_millis() as u64 / 1000;
+    let measured_end = first + rate * s.seconds;
+    let total_events = measured_end + rate * (s.lateness_ms + TAIL.as_millis() as u64) / 1000;
+    let expected = (measured_end - first) as usize;
     // A reader of the output topic, started before the first event.
     let reader_brokers = brokers.clone();
+    let lateness_us = match relay {
+        Relay::Cep => s.lateness_ms as i64 * 1000,
+        Relay::Passthrough => 0,
+    };
+    let reader_timeout = Duration::from_secs(s.seconds + 60);
     let reader = std::thread::spawn(move || {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &reader_brokers)
@@ -643,55 +814,117 @@ fn latency_run(storage: &str, relay: Relay) -> (Vec<i64>, Vec<i64>) {
             .create()
             .unwrap();
         c.subscribe(&["out"]).unwrap();
-        let mut lat = Vec::new();
+        let mut lat = Vec::with_capacity(expected);
+        let mut others = 0;
         let t0 = Instant::now();
-        while lat.len() < (RATE * SECONDS - 1) as usize
-            && t0.elapsed() < Duration::from_secs(SECONDS + 60)
-        {
+        while lat.len() < expected && t0.elapsed() < reader_timeout {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
                 let now = wall_micros();
                 let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-                let sent = v["fields"]["sent"].as_i64().or(v["sent"].as_i64()).unwrap();
-                let emitted = m.timestamp().to_millis().unwrap_or(0) * 1000;
-                lat.push((now - sent, emitted - sent));
+                let fields = if v.get("fields").is_some() {
+                    &v["fields"]
+                } else {
+                    &v
+                };
+                let (Some(sent), Some(n)) = (fields["sent"].as_i64(), fields["n"].as_u64()) else {
+                    others += 1;
+                    continue;
+                };
+                if (first..measured_end).contains(&n) {
+                    let emitted = m.timestamp().to_millis().unwrap_or(0) * 1000;
+                    lat.push((now - sent - lateness_us, emitted - sent - lateness_us, sent));
+                }
             }
         }
-        lat
+        (lat, others)
     });
     std::thread::sleep(Duration::from_secs(3));
+    let events = cep::gen::CardGen::new(total_events as usize, s.cards, 5).generate();
     let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "1")
+        .set("linger.ms", s.linger_ms.to_string())
+        .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap();
     let start = Instant::now();
-    for n in 0..RATE * SECONDS {
-        let due = start + Duration::from_micros(n * 1_000_000 / RATE);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+    let mut behind = Duration::ZERO;
+    for (n, e) in events.into_iter().enumerate() {
+        let due = start + Duration::from_micros(n as u64 * 1_000_000 / rate);
+        match due.checked_duration_since(Instant::now()) {
+            Some(wait) => std::thread::sleep(wait),
+            None => behind = behind.max(due.elapsed()),
         }
         producer.poll(Duration::ZERO);
         let sent = wall_micros();
-        let e = serde_json::to_vec(&serde_json::json!({
-            "card": {"id": format!("c{}", n % 100)}, "ts": sent / 1000, "amount": 1.0, "sent": sent
-        }))
-        .unwrap();
-        let _ = producer.send(rdkafka::producer::BaseRecord::<str, _>::to("in").payload(&e));
+        let key = e["card"]["id"].as_str().unwrap().to_string();
+        let mut e = e;
+        e["ts"] = (sent / 1000).into();
+        e["sent"] = sent.into();
+        e["n"] = n.into();
+        let bytes = serde_json::to_vec(&e).unwrap();
+        while let Err((err, _)) = producer.send(
+            rdkafka::producer::BaseRecord::to("in")
+                .key(&key)
+                .payload(&bytes),
+        ) {
+            // The local queue is full: the broker does not keep up.
+            eprintln!("service/latency: producer: {err}");
+            producer.poll(Duration::from_millis(10));
+        }
     }
+    let send_time = start.elapsed();
     producer.flush(Duration::from_secs(30)).unwrap();
-    let lat = reader.join().unwrap();
+    let (lat, others) = reader.join().unwrap();
+    if let Some(p) = &probes {
+        // What the checkpoints cost the run.
+        let text = p.metrics.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("cep_checkpoint") || l.starts_with("cep_state_bytes"))
+            .collect();
+        eprintln!("service/latency/Cep (round {round}): {}", lines.join(", "));
+    }
     let _ = stop.send(());
     if let Some(s) = stop_service {
         let _ = s.send(());
     }
     let _ = rt.block_on(server);
-    let _ = std::fs::remove_dir_all(std::env::temp_dir().join("cep-bench-latency"));
+    let _ = std::fs::remove_dir_all(&state);
+    if let Ok(dir) = std::env::var("CEP_BENCH_LATENCY_DUMP") {
+        // One line per measured record: send time (µs), read back, produced.
+        let path = Path::new(&dir).join(format!("latency-{relay:?}-{round}.tsv"));
+        let mut text = String::new();
+        for l in &lat {
+            text.push_str(&format!("{}\t{}\t{}\n", l.2, l.0, l.1));
+        }
+        std::fs::write(path, text).unwrap();
+    }
     let mut total: Vec<i64> = lat.iter().map(|l| l.0).collect();
     let mut emitted: Vec<i64> = lat.iter().map(|l| l.1).collect();
     total.sort();
     emitted.sort();
-    (total, emitted)
+    LatencyResult {
+        total,
+        emitted,
+        expected,
+        others,
+        sent: total_events,
+        send_time,
+        achieved: total_events as f64 / send_time.as_secs_f64(),
+        behind,
+    }
 }
 
 criterion_group!(benches, bench_service, hot_load_to_first_match);
-criterion_main!(benches);
+
+/// `cargo bench --bench service -- latency` runs the latency measurement
+/// alone; anything else runs criterion's groups (and the latency after
+/// them).
+fn main() {
+    if std::env::args().skip(1).any(|a| a == "latency") {
+        latency();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
