@@ -602,16 +602,21 @@ fn push(
         input: input.to_string(),
         line: r.line,
     };
-    let text = match r.payload {
+    let letter = match r.payload {
         Payload::Json(text) => {
             if let Err(e) = engine.push_json(stream, &text, r.hash, out) {
                 return Fate::Unreadable(DeadLetter::new(origin(), &text, vec![e.0]));
             }
-            Some(text)
+            Letter::Text(text)
+        }
+        Payload::Csv(row) => {
+            engine.push_row(stream, &row, r.hash, out);
+            Letter::Row(row)
         }
         Payload::Doc(doc) => {
-            engine.push(stream, &Arc::new(doc), r.hash, out);
-            None
+            let doc = Arc::new(doc);
+            engine.push(stream, &doc, r.hash, out);
+            Letter::Doc(doc)
         }
     };
     if out.rejected.is_empty() {
@@ -622,15 +627,27 @@ fn push(
         .iter()
         .map(|x| format!("pattern {}: {}", x.pattern, x.reason))
         .collect();
-    Fate::Refused(match (text, r.csv) {
-        (Some(text), _) => DeadLetter::new(origin(), &text, reasons),
-        (None, Some(csv)) => {
-            let mut d = DeadLetter::new(origin(), &csv.to_bytes(), reasons);
-            d.csv_header = Some(csv.header.to_vec());
+    Fate::Refused(match letter {
+        Letter::Text(text) => DeadLetter::new(origin(), &text, reasons),
+        Letter::Doc(doc) => {
+            let text = serde_json::to_vec(&*doc).unwrap_or_default();
+            DeadLetter::new(origin(), &text, reasons)
+        }
+        Letter::Row(row) => {
+            let mut d = DeadLetter::new(origin(), &row.to_bytes(), reasons);
+            d.csv_header = Some(row.header.to_vec());
             d
         }
-        (None, None) => unreachable!("a document comes from a CSV row"),
     })
+}
+
+/// What a refused record's dead letter holds: its text, its document as
+/// JSON (an Avro record), or its CSV row (with the header, so that it can
+/// be read again).
+enum Letter {
+    Text(Vec<u8>),
+    Doc(Arc<serde_json::Value>),
+    Row(crate::input::CsvRow),
 }
 
 fn write_alerts(out: &mut Output, w: &mut impl Write) -> io::Result<()> {

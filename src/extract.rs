@@ -199,6 +199,15 @@ impl Extractor {
         }
     }
 
+    /// How many paths are registered (capture slots `0..len`).
+    pub fn len(&self) -> usize {
+        self.captures
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.captures == 0
+    }
+
     /// Registers a path; returns its capture slot (the same for the same path).
     pub fn add(&mut self, path: &[String]) -> usize {
         if self.nodes.is_empty() {
@@ -266,6 +275,86 @@ impl Extractor {
         }
         Ok(text)
     }
+}
+
+impl Extractor {
+    /// Which capture each column of a CSV header fills: a row reads as an
+    /// object keyed by its header, so only one-segment paths can name a
+    /// column (and the last column of a repeated name wins, as a repeated
+    /// member name does).
+    pub fn columns(&self, header: &[String]) -> Vec<Option<usize>> {
+        let Some(root) = self.nodes.first() else {
+            return vec![None; header.len()];
+        };
+        header
+            .iter()
+            .map(|name| {
+                let child = root.children.iter().find(|(n, _)| n == name)?.1;
+                self.nodes[child].capture
+            })
+            .collect()
+    }
+
+    /// Captures the cells of a CSV row that `columns` (from
+    /// [`Extractor::columns`]) maps, typed as [`crate::input::cell_value`]
+    /// types them; empty and null cells are absent. Returns the text the
+    /// captures read (the row's bytes; cells that are not UTF-8 are
+    /// decoded with replacement characters into the captures' buffer).
+    pub fn extract_row<'t>(
+        &self,
+        columns: &[Option<usize>],
+        row: &'t csv::ByteRecord,
+        nulls: &[String],
+        out: &mut Captures,
+    ) -> &'t str {
+        out.found.clear();
+        out.found.resize(self.captures, Found::Absent);
+        out.unescaped.clear();
+        let text = std::str::from_utf8(row.as_slice()).unwrap_or("");
+        let utf8 = !text.is_empty() || row.as_slice().is_empty();
+        for (i, slot) in columns.iter().enumerate() {
+            let (Some(slot), Some(range)) = (*slot, row.range(i)) else {
+                continue;
+            };
+            let (cell, found) = if utf8 {
+                let cell = &text[range.clone()];
+                (
+                    cell,
+                    cell_found(cell, Found::Str(range.start as u32, range.end as u32)),
+                )
+            } else {
+                let lossy = String::from_utf8_lossy(&row.as_slice()[range]);
+                let from = out.unescaped.len();
+                out.unescaped.push_str(&lossy);
+                let to = out.unescaped.len();
+                let cell = &out.unescaped[from..to];
+                (
+                    cell,
+                    cell_found(cell, Found::Unescaped(from as u32, to as u32)),
+                )
+            };
+            if !crate::input::is_null_cell(cell, nulls) {
+                out.found[slot] = found;
+            }
+        }
+        text
+    }
+}
+
+/// A CSV cell: an integer, a decimal (with a point or an exponent), or
+/// else text (`as_text`), exactly as [`crate::input::cell_value`] reads it.
+fn cell_found(cell: &str, as_text: Found) -> Found {
+    if let Ok(i) = cell.parse::<i64>() {
+        return Found::Int(i);
+    }
+    if cell.contains(['.', 'e', 'E'])
+        && !cell.contains(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+    {
+        if let Some(f) = cell.parse::<f64>().ok().filter(|f| f.is_finite()) {
+            return Found::Float(f);
+        }
+    }
+    as_text
 }
 
 /// Where the first byte that ends plain string content (`"`, `\\` or a
@@ -928,6 +1017,40 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A CSV row's cells, captured, are what the row's document holds.
+        #[test]
+        fn csv_cells_read_as_the_rows_document(
+            cells in prop::collection::vec(prop::sample::select(vec![
+                "", "NA", "12", "-0", "+5", "1.5", "-2.50", "1e3", "1e400", "inf", "NaN", "e",
+                "abc", "1.2.3", " 7", "0x10", "\u{e9}t\u{e9}", "9223372036854775808",
+            ]), 4),
+            bad_utf8 in any::<bool>(),
+        ) {
+            let header: std::sync::Arc<[String]> =
+                ["card", "amount", "ts", "amount"].iter().map(|s| s.to_string()).collect();
+            let mut row = csv::ByteRecord::new();
+            for (i, c) in cells.iter().enumerate() {
+                if bad_utf8 && i == 2 {
+                    row.push_field(b"x\xff");
+                } else {
+                    row.push_field(c.as_bytes());
+                }
+            }
+            let csv = crate::input::CsvRow { header: header.clone(), row, nulls: ["NA".to_string()].into() };
+            let mut ex = Extractor::new();
+            let paths = [vec!["card".to_string()], vec!["amount".to_string()], vec!["ts".to_string()], vec!["x".to_string()]];
+            let slots: Vec<usize> = paths.iter().map(|p| ex.add(p)).collect();
+            let mut out = Captures::new();
+            let columns = ex.columns(&header);
+            let text = ex.extract_row(&columns, &csv.row, &csv.nulls, &mut out);
+            let doc = csv.to_doc();
+            for (p, s) in paths.iter().zip(&slots) {
+                let want = lookup(&doc, p).map(|v| Field::of_json(v).to_value());
+                let have = out.get(text, *s).map(Field::to_value);
+                prop_assert_eq!(format!("{have:?}"), format!("{want:?}"), "{:?} {:?}", cells, p);
+            }
+        }
 
         #[test]
         fn string_stops_where_a_byte_by_byte_search_does(

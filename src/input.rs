@@ -1,16 +1,16 @@
 //! Reading input files: JSON lines, CSV or dead letters, plain or zipped,
 //! or stdin.
 //!
-//! Every record becomes a JSON document plus a stable hash of its bytes (the
-//! event's identity in alert ids). CSV rows become objects keyed by the
-//! header row; numbers become numbers, and empty cells or `NA` are left out,
-//! so `dep_delay is missing` finds a cancelled flight. JSON lines stay text
-//! until the engine reads the fields it needs. A record that cannot be read
-//! is returned as a [`BadRecord`] with its line, its bytes and the reason
-//! (as is a JSON line the engine finds malformed): the caller sends it to
-//! the dead-letter output ([`crate::deadletter`]), it is never skipped
-//! silently. A CSV record keeps its row ([`Record::csv`]) so that
-//! one a pattern refuses later can be dead-lettered whole.
+//! Every record keeps a stable hash of its bytes (the event's identity in
+//! alert ids). JSON lines stay text and CSV rows stay rows until the engine
+//! reads the fields it needs ([`crate::extract`]): a CSV row reads as an
+//! object keyed by the header row, numbers as numbers, and empty cells or
+//! `NA` left out, so `dep_delay is missing` finds a cancelled flight
+//! ([`CsvRow::to_doc`] builds that object when a whole document is wanted).
+//! A record that cannot be read is returned as a [`BadRecord`] with its
+//! line, its bytes and the reason (as is a JSON line the engine finds
+//! malformed): the caller sends it to the dead-letter output
+//! ([`crate::deadletter`]), it is never skipped silently.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -52,8 +52,11 @@ pub enum Payload {
     /// A JSON line as text: the engine reads only the fields it needs
     /// ([`crate::engine::Engine::push_json`]) and checks it is an object.
     Json(Vec<u8>),
-    /// A document already built (a CSV row).
+    /// A document already built (an Avro record).
     Doc(serde_json::Value),
+    /// A CSV row: the engine reads only the cells it needs
+    /// ([`crate::engine::Engine::push_row`]).
+    Csv(CsvRow),
 }
 
 impl Payload {
@@ -61,6 +64,7 @@ impl Payload {
     pub fn into_doc(self) -> Result<serde_json::Value, String> {
         match self {
             Payload::Doc(d) => Ok(d),
+            Payload::Csv(row) => Ok(row.to_doc()),
             Payload::Json(b) => {
                 serde_json::from_slice(&b).map_err(|e| format!("invalid JSON: {e}"))
             }
@@ -77,9 +81,6 @@ pub struct Record {
     pub line: u64,
     /// Bytes the record took in the input (for progress).
     pub bytes: u64,
-    /// The CSV row a [`Payload::Doc`] was built from (JSON text is its own
-    /// raw form).
-    pub csv: Option<CsvRow>,
 }
 
 /// A CSV row as read, with the header that names its cells.
@@ -87,9 +88,36 @@ pub struct Record {
 pub struct CsvRow {
     pub header: Arc<[String]>,
     pub row: csv::ByteRecord,
+    /// Cell texts that mean "no value" (besides the empty cell).
+    pub nulls: Arc<[String]>,
 }
 
 impl CsvRow {
+    /// The row as a document: an object keyed by the header, numbers as
+    /// numbers, empty and null cells left out.
+    pub fn to_doc(&self) -> serde_json::Value {
+        let mut obj = serde_json::Map::with_capacity(self.header.len());
+        for (cell, name) in self.row.iter().zip(self.header.iter()) {
+            let text = String::from_utf8_lossy(cell);
+            if !is_null_cell(&text, &self.nulls) {
+                obj.insert(name.clone(), cell_value(&text));
+            }
+        }
+        serde_json::Value::Object(obj)
+    }
+
+    /// The record's identity: the stable hash of its cells, each followed
+    /// by a comma (the bytes it always had, so alert ids do not change).
+    pub fn hash(&self) -> u64 {
+        let len = self.row.as_slice().len() + self.row.len();
+        let mut h = crate::event::StableHasher::new(len, 0);
+        for cell in self.row.iter() {
+            h.write(cell);
+            h.write(b",");
+        }
+        h.finish()
+    }
+
     /// The row as one line of CSV (quoted where a cell needs it).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = csv::WriterBuilder::new()
@@ -160,8 +188,8 @@ pub fn read(reader: Box<dyn Read>, format: Format, null_values: &[String]) -> io
     let lines = |r| BufReader::with_capacity(1 << 16, r);
     Ok(match format {
         Format::JsonLines => Box::new(json_lines(lines(reader))),
-        Format::Csv => Box::new(csv_rows(reader, null_values.to_vec())?),
-        Format::DeadLetter => Box::new(dead_letters(lines(reader), null_values.to_vec())),
+        Format::Csv => Box::new(csv_rows(reader, null_values.into())?),
+        Format::DeadLetter => Box::new(dead_letters(lines(reader), null_values.into())),
         Format::Avro => Box::new(avro_records(reader)?),
     })
 }
@@ -187,7 +215,6 @@ fn avro_records(
                     bytes: text.len() as u64,
                     payload: Payload::Doc(doc),
                     line,
-                    csv: None,
                 })
             }
             Err(e) => Err(BadRecord {
@@ -284,13 +311,12 @@ fn next_line(line_no: &mut u64, line: &[u8], size: u64) -> Option<Record> {
         payload: Payload::Json(text.to_vec()),
         line: *line_no,
         bytes: size,
-        csv: None,
     })
 }
 
 fn csv_rows(
     reader: impl Read + 'static,
-    null_values: Vec<String>,
+    nulls: Arc<[String]>,
 ) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
     // Flexible: a row of the wrong width is reported here, with its bytes,
     // rather than as the reader's error without them.
@@ -315,6 +341,7 @@ fn csv_rows(
         let csv = CsvRow {
             header: header.clone(),
             row,
+            nulls: nulls.clone(),
         };
         if csv.row.len() != header.len() {
             return Err(BadRecord {
@@ -328,33 +355,23 @@ fn csv_rows(
                 csv_header: Some(header.clone()),
             });
         }
-        Ok(csv_record(csv, &null_values, line))
+        Ok(csv_record(csv, line))
     }))
 }
 
-/// A CSV row as a record: a document keyed by the header.
-fn csv_record(csv: CsvRow, null_values: &[String], line: u64) -> Record {
-    let mut obj = serde_json::Map::with_capacity(csv.header.len());
-    let mut hash_input = Vec::with_capacity(csv.row.as_slice().len() + csv.row.len());
-    for (i, cell) in csv.row.iter().enumerate() {
-        hash_input.extend_from_slice(cell);
-        hash_input.push(b',');
-        let Some(name) = csv.header.get(i) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(cell);
-        if text.is_empty() || null_values.iter().any(|n| *n == text) {
-            continue;
-        }
-        obj.insert(name.clone(), cell_value(&text));
-    }
+/// A CSV row as a record.
+fn csv_record(csv: CsvRow, line: u64) -> Record {
     Record {
-        payload: Payload::Doc(serde_json::Value::Object(obj)),
-        bytes: hash_input.len() as u64,
-        hash: stable_hash(&hash_input, 0),
+        hash: csv.hash(),
+        bytes: (csv.row.as_slice().len() + csv.row.len()) as u64,
+        payload: Payload::Csv(csv),
         line,
-        csv: Some(csv),
     }
+}
+
+/// An empty cell, or one of the null markers (`NA`), holds no value.
+pub fn is_null_cell(text: &str, nulls: &[String]) -> bool {
+    text.is_empty() || nulls.iter().any(|n| n == text)
 }
 
 /// Entries of a dead-letter file, each read again as the record it holds
@@ -362,7 +379,7 @@ fn csv_record(csv: CsvRow, null_values: &[String], line: u64) -> Record {
 /// the original. An entry that is itself unreadable is a [`BadRecord`].
 fn dead_letters(
     reader: impl BufRead,
-    null_values: Vec<String>,
+    nulls: Arc<[String]>,
 ) -> impl Iterator<Item = Result<Record, BadRecord>> {
     json_lines(reader).map(move |r| {
         let r = r?;
@@ -388,7 +405,6 @@ fn dead_letters(
                 payload: Payload::Json(text),
                 line: r.line,
                 bytes: r.bytes,
-                csv: None,
             });
         };
         let mut rdr = csv::ReaderBuilder::new()
@@ -409,15 +425,16 @@ fn dead_letters(
         let csv = CsvRow {
             header: header.into(),
             row,
+            nulls: nulls.clone(),
         };
-        let mut rec = csv_record(csv, &null_values, r.line);
+        let mut rec = csv_record(csv, r.line);
         rec.bytes = r.bytes;
         Ok(rec)
     })
 }
 
 /// A CSV cell: integers and decimals as numbers, anything else as text.
-fn cell_value(text: &str) -> serde_json::Value {
+pub fn cell_value(text: &str) -> serde_json::Value {
     if let Ok(i) = text.parse::<i64>() {
         return i.into();
     }

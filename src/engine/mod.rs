@@ -183,9 +183,18 @@ pub struct Engine {
     /// Where each pattern's fields land among the extractor's captures.
     fields: Vec<CaptureSlots>,
     scratch: Captures,
+    /// The captured fields' values of the record at hand, by capture.
+    values: Vec<Value>,
+    /// The captures some pattern keeps in an event slot.
+    slot_captures: Vec<usize>,
+    /// The columns of the last CSV header seen, as captures.
+    csv_columns: Option<(Arc<[String]>, Columns)>,
     /// List changed keys for [`Engine::take_changes`].
     track_changes: bool,
 }
+
+/// The capture each column of a CSV header fills, if any.
+type Columns = Vec<Option<usize>>;
 
 /// Capture numbers of one pattern's key paths, time and slots.
 struct CaptureSlots {
@@ -216,7 +225,7 @@ impl Engine {
             })
             .collect::<Vec<_>>();
         let mut extractor = Extractor::new();
-        let fields = patterns
+        let fields: Vec<CaptureSlots> = patterns
             .iter()
             .map(|(a, _)| CaptureSlots {
                 key: a.key_paths.iter().map(|p| extractor.add(p)).collect(),
@@ -224,12 +233,21 @@ impl Engine {
                 slots: a.fields.paths.iter().map(|p| extractor.add(p)).collect(),
             })
             .collect();
+        let mut slot_captures: Vec<usize> = fields
+            .iter()
+            .flat_map(|f: &CaptureSlots| f.slots.iter().copied())
+            .collect();
+        slot_captures.sort_unstable();
+        slot_captures.dedup();
         Engine {
             config,
             patterns,
             extractor,
             fields,
             scratch: Captures::new(),
+            values: Vec::new(),
+            slot_captures,
+            csv_columns: None,
             track_changes: false,
         }
     }
@@ -329,21 +347,76 @@ impl Engine {
                 return Err(DecodeError(e));
             }
         };
-        // The whole document is built only when something needs it.
-        let mut doc: Option<Arc<serde_json::Value>> = None;
-        let parse = |doc: &mut Option<Arc<serde_json::Value>>| {
-            doc.get_or_insert_with(|| {
-                Arc::new(serde_json::from_slice(json).unwrap_or(serde_json::Value::Null))
-            })
-            .clone()
+        let newest = self.push_captured(stream, rec, &caps, text, out, || {
+            serde_json::from_slice(json).unwrap_or(serde_json::Value::Null)
+        });
+        self.scratch = caps;
+        Ok(newest)
+    }
+
+    /// Feeds one CSV row (see [`crate::input`]): only the cells the
+    /// patterns read are looked at, once for all patterns; the row reads as
+    /// an object keyed by its header.
+    pub fn push_row(
+        &mut self,
+        stream: Option<&str>,
+        row: &crate::input::CsvRow,
+        hash: u64,
+        out: &mut Output,
+    ) {
+        let columns = match &self.csv_columns {
+            Some((header, columns)) if Arc::ptr_eq(header, &row.header) => columns,
+            _ => {
+                let columns = self.extractor.columns(&row.header);
+                &self.csv_columns.insert((row.header.clone(), columns)).1
+            }
         };
+        let mut caps = std::mem::take(&mut self.scratch);
+        let text = self
+            .extractor
+            .extract_row(columns, &row.row, &row.nulls, &mut caps);
+        let rec = Record {
+            hash,
+            ..Record::default()
+        };
+        self.push_captured(stream, &rec, &caps, text, out, || row.to_doc());
+        self.scratch = caps;
+    }
+
+    /// Decodes and feeds, for every pattern of `stream`, the fields
+    /// captured from one record; `doc` builds the whole document, only if
+    /// something needs it (alerts that carry events, a rejection's dead
+    /// letter). Returns the largest event time decoded.
+    fn push_captured(
+        &mut self,
+        stream: Option<&str>,
+        rec: &Record,
+        caps: &Captures,
+        text: &str,
+        out: &mut Output,
+        doc: impl Fn() -> serde_json::Value,
+    ) -> Option<i64> {
+        let mut built: Option<Arc<serde_json::Value>> = None;
+        let whole = |built: &mut Option<Arc<serde_json::Value>>| {
+            built.get_or_insert_with(|| Arc::new(doc())).clone()
+        };
+        // Each field's value once per record, whatever the number of
+        // patterns reading it: a text becomes one shared string (the flight
+        // patterns read the same cells; one allocation each per pattern
+        // was a fifth of matching the year).
+        let mut values = std::mem::take(&mut self.values);
+        values.clear();
+        values.resize(self.extractor.len(), Value::Missing);
+        for &c in &self.slot_captures {
+            values[c] = caps.get(text, c).map_or(Value::Missing, Field::to_value);
+        }
         let mut newest = None;
         for i in 0..self.patterns.len() {
             let a = &self.patterns[i].0;
             if stream.is_some_and(|s| s != a.stream) {
                 continue;
             }
-            let raw = self.config.include_events.then(|| parse(&mut doc));
+            let raw = self.config.include_events.then(|| whole(&mut built));
             let at = &self.fields[i];
             let decoded = decode_parts(
                 a,
@@ -352,6 +425,7 @@ impl Engine {
                     FieldRef::Time => caps.get(text, at.time),
                     FieldRef::Slot(n) => caps.get(text, at.slots[n]),
                 },
+                |n| values[at.slots[n]].clone(),
                 rec,
                 raw,
             );
@@ -362,12 +436,12 @@ impl Engine {
                 i,
                 decoded,
                 rec,
-                &mut || parse(&mut doc).as_ref().clone(),
+                &mut || whole(&mut built).as_ref().clone(),
                 out,
             );
         }
-        self.scratch = caps;
-        Ok(newest)
+        self.values = values;
+        newest
     }
 
     /// Raises the watermark of every pattern reading `stream` (engines built
@@ -589,7 +663,8 @@ pub fn decode_with<'v>(
         hash,
         ..Record::default()
     };
-    decode_parts(a, get, &rec, raw)
+    let slot = |n| get(FieldRef::Slot(n)).map_or(Value::Missing, Field::to_value);
+    decode_parts(a, &get, slot, &rec, raw)
 }
 
 /// One key field as text (a number's decimal form; null and absent are
@@ -609,6 +684,7 @@ fn key_text(field: Option<Field>, path: &[String]) -> Result<String, DecodeError
 fn decode_parts<'v>(
     a: &Automaton,
     get: impl Fn(FieldRef) -> Option<Field<'v>>,
+    slot_value: impl Fn(usize) -> Value,
     rec: &Record,
     raw: Option<Arc<serde_json::Value>>,
 ) -> Result<Event, DecodeError> {
@@ -639,9 +715,7 @@ fn decode_parts<'v>(
             parse_time(tv, &a.time.format).map_err(DecodeError)?
         }
     };
-    let slots = Slots::from_fn(a.fields.paths.len(), |n| {
-        get(FieldRef::Slot(n)).map_or(Value::Missing, Field::to_value)
-    });
+    let slots = Slots::from_fn(a.fields.paths.len(), slot_value);
     Ok(Event {
         time,
         key,

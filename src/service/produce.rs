@@ -108,6 +108,10 @@ pub async fn produce(args: &ProduceArgs) -> Result<u64, String> {
                 (b, doc)
             }
             Payload::Doc(d) => (serde_json::to_vec(&d).expect("serialises"), Some(d)),
+            Payload::Csv(row) => {
+                let d = row.to_doc();
+                (serde_json::to_vec(&d).expect("serialises"), Some(d))
+            }
         };
         let key = match (&key_path, &doc) {
             (Some(p), Some(d)) => lookup(d, p).map(|v| match v {
