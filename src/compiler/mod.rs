@@ -25,7 +25,7 @@ use crate::dsl::{self, Diagnostic, Diagnostics};
 use crate::event::{stable_hash, FieldTable};
 use crate::history::HistoryPlan;
 
-pub use expr::{Binding, Bindings, CExpr, Env, Names, VarId, VarInfo};
+pub use expr::{Binding, Bindings, BoundEvent, CExpr, Env, Names, VarId, VarInfo};
 pub use nfa::{Entry, Node, NodeId, State};
 
 use expr::{Context, Resolver};

@@ -29,19 +29,18 @@
 //! - At most `max_runs_per_key` runs per key: beyond it the oldest runs are
 //!   dropped and counted in `runs_dropped`.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::sync::Arc;
-
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::compiler::{Automaton, Binding, Bindings, Entry, Env, Names, NodeId, SkipPlan};
+use crate::compiler::{
+    Automaton, Binding, Bindings, BoundEvent, Entry, Env, Names, NodeId, SkipPlan,
+};
 use crate::dsl::ast::Contiguity;
 use crate::event::{Event, Key};
 use crate::history::KeyHistory;
 
 use super::alert::{self, Alert, AlertKind};
+use super::timers::Timers;
 use super::trace::{Note, Trace};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,7 +132,7 @@ pub struct MatchStats {
 pub struct Matcher {
     keys: FxHashMap<Key, KeyRuns>,
     #[serde(skip)]
-    timers: BinaryHeap<Reverse<(i64, Key)>>,
+    timers: Timers,
     pub stats: MatchStats,
     /// Keys whose runs changed (or ended) since the last
     /// [`Matcher::take_changes`], kept only when [`Limits::track_changes`]
@@ -273,7 +272,7 @@ impl Matcher {
         self.timers = self
             .keys
             .iter()
-            .filter_map(|(k, ks)| Some(Reverse((ks.scheduled.get()?, k.clone()))))
+            .filter_map(|(k, ks)| Some((ks.scheduled.get()?, k.clone())))
             .collect();
     }
 
@@ -317,15 +316,13 @@ impl Matcher {
         // A key that holds only history, and an event that starts nothing:
         // there is nothing to offer it to (and no need to share it).
         let idle = runs.is_empty() && !(lim.start_runs && can_start(a, &ev, history.as_ref()));
-        let shared;
-        let ev: &Event = if idle {
+        let ev: &Event = &ev;
+        if idle {
             *next_pos += 1;
-            &ev
         } else {
-            shared = Arc::new(ev);
             let mut cx = Step {
                 a,
-                key: &shared.key,
+                key: &ev.key,
                 lim,
                 out,
                 stats: &mut self.stats,
@@ -334,17 +331,16 @@ impl Matcher {
                 history: history.as_ref(),
             };
             // Runs whose window closed before this event end first.
-            cx.expire(runs, shared.time);
+            cx.expire(runs, ev.time);
             let pos = *next_pos;
             *next_pos += 1;
-            cx.offer(runs, &shared, pos);
+            cx.offer(runs, ev, pos);
             if runs.len() > lim.max_runs_per_key {
                 let excess = runs.len() - lim.max_runs_per_key;
                 runs.drain(..excess);
                 self.stats.runs_dropped += excess as u64;
             }
-            &shared
-        };
+        }
         // Recorded after every condition saw the event: history excludes it.
         if let Some(h) = history {
             self.stats.history_evictions += h.record(&a.history, ev);
@@ -371,7 +367,7 @@ impl Matcher {
             self.keys.remove(key);
         }
         if let Some(d) = push {
-            self.timers.push(Reverse((d, key.clone())));
+            self.timers.push(d, key.clone());
         }
     }
 
@@ -398,11 +394,7 @@ impl Matcher {
     #[inline]
     pub fn advance(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
         // Checked inline: most events move the watermark past no deadline.
-        if self
-            .timers
-            .peek()
-            .is_some_and(|Reverse((d, _))| *d <= watermark)
-        {
+        if self.timers.next_deadline().is_some_and(|d| d <= watermark) {
             self.fire(a, watermark, lim, out);
         }
         if watermark >= self.sweep_at && !a.history.is_empty() {
@@ -436,11 +428,10 @@ impl Matcher {
     }
 
     fn fire(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
-        while let Some(Reverse((deadline, _))) = self.timers.peek() {
-            if *deadline > watermark {
+        while self.timers.next_deadline().is_some_and(|d| d <= watermark) {
+            let Some((deadline, key)) = self.timers.pop() else {
                 break;
-            }
-            let Reverse((deadline, key)) = self.timers.pop().unwrap();
+            };
             let Some(ks) = self.keys.get_mut(&key) else {
                 continue;
             };
@@ -484,7 +475,7 @@ impl Matcher {
         };
         if ks.scheduled.get().is_none_or(|s| deadline < s) {
             ks.scheduled = Scheduled::at(deadline);
-            self.timers.push(Reverse((deadline, key)));
+            self.timers.push(deadline, key);
         }
     }
 }
@@ -589,7 +580,7 @@ impl Step<'_> {
     }
 
     /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
-    fn offer(&mut self, runs: &mut Vec<Run>, ev: &Arc<Event>, pos: u64) {
+    fn offer(&mut self, runs: &mut Vec<Run>, ev: &Event, pos: u64) {
         let old = std::mem::take(runs);
         // Sized for the runs and one new one; nothing is allocated for a
         // key without runs unless one starts (a key kept for its history).
@@ -621,14 +612,7 @@ impl Step<'_> {
         *runs = next;
     }
 
-    fn step(
-        &mut self,
-        mut run: Run,
-        ev: &Arc<Event>,
-        pos: u64,
-        next: &mut Vec<Run>,
-        floor: &mut u64,
-    ) {
+    fn step(&mut self, mut run: Run, ev: &Event, pos: u64, next: &mut Vec<Run>, floor: &mut u64) {
         let a = self.a;
         let node = &a.nodes[run.node as usize];
         let seed = run.bindings.is_empty();
@@ -696,7 +680,7 @@ impl Step<'_> {
                 let bindings = run.bindings.with(Binding {
                     var: *var,
                     pos,
-                    event: ev.clone(),
+                    event: BoundEvent::of(ev),
                 });
                 let taken = Run {
                     node: *target,

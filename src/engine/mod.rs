@@ -17,6 +17,7 @@
 pub mod alert;
 pub mod matcher;
 mod state;
+mod timers;
 pub mod trace;
 
 pub use state::{Changes, Snapshot};

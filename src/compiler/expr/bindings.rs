@@ -131,19 +131,19 @@ impl<'de> Deserialize<'de> for Bindings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Key, Slots};
+    use crate::compiler::BoundEvent;
+    use crate::event::Slots;
 
     fn binding(var: u16, pos: u64) -> Binding {
         Binding {
             var,
             pos,
-            event: Arc::new(Event {
+            event: BoundEvent {
                 time: pos as i64,
-                key: Key::new("k"),
                 slots: Slots::from_fn(0, |_| unreachable!()),
                 hash: pos,
                 raw: None,
-            }),
+            },
         }
     }
 
