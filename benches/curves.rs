@@ -83,7 +83,11 @@ fn keys_curve() {
     }
     let src = pattern("1h", "next");
     let mut curve = Curve::new("keys: `small next large within 1h`, half the events small");
-    for keys in [1_000u64, 10_000, 100_000, 1_000_000, 10_000_000] {
+    let points = std::env::var("CURVE_KEYS").map_or_else(
+        |_| vec![1_000u64, 10_000, 100_000, 1_000_000, 10_000_000],
+        |k| k.split(',').filter_map(|n| n.parse().ok()).collect(),
+    );
+    for keys in points {
         let events = (2 * keys as usize).max(2_000_000);
         let ns = median_ns(&src, || Keys {
             keys,
