@@ -164,6 +164,14 @@ impl Captures {
         Captures::default()
     }
 
+    /// Every capture absent, for a new text.
+    #[inline]
+    fn reset(&mut self, captures: usize) {
+        self.found.resize(captures, Found::Absent);
+        self.found.fill(Found::Absent);
+        self.unescaped.clear();
+    }
+
     /// The field in capture slot `slot`, read from `text` (the text the
     /// captures were last filled from, as [`Extractor::extract`] returned
     /// it); `None` where the path is not there.
@@ -246,9 +254,7 @@ impl Extractor {
     /// paths into `out`. Returns the text, which [`Captures::get`] reads
     /// the captured fields from.
     pub fn extract<'t>(&self, json: &'t [u8], out: &mut Captures) -> Result<&'t str, String> {
-        out.found.clear();
-        out.found.resize(self.captures, Found::Absent);
-        out.unescaped.clear();
+        out.reset(self.captures);
         // JSON is UTF-8 text. Checking the whole text first (an ASCII fast
         // path) lets the scanner slice it at any ASCII byte it stops on.
         let text = std::str::from_utf8(json)
@@ -307,9 +313,7 @@ impl Extractor {
         nulls: &[String],
         out: &mut Captures,
     ) -> &'t str {
-        out.found.clear();
-        out.found.resize(self.captures, Found::Absent);
-        out.unescaped.clear();
+        out.reset(self.captures);
         let text = std::str::from_utf8(row.as_slice()).unwrap_or("");
         let utf8 = !text.is_empty() || row.as_slice().is_empty();
         for (i, slot) in columns.iter().enumerate() {

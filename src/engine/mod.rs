@@ -406,7 +406,7 @@ impl Engine {
         // patterns read the same cells; one allocation each per pattern
         // was a fifth of matching the year).
         let mut values = std::mem::take(&mut self.values);
-        values.clear();
+        // Only the slot captures are read, and each is overwritten here.
         values.resize(self.extractor.len(), Value::Missing);
         for &c in &self.slot_captures {
             values[c] = caps.get(text, c).map_or(Value::Missing, Field::to_value);
