@@ -289,3 +289,31 @@ end
     // The caret points at the misspelt field.
     assert!(out.contains(":6:14"), "{out}");
 }
+
+#[test]
+fn an_avro_record_a_pattern_refuses_is_dead_lettered_as_json() {
+    // Keyed by `merchant`, which is null in every eleventh record: those
+    // records cannot be decoded for the pattern. (This used to stop the
+    // replay: a refused record was assumed to be JSON text or a CSV row.)
+    let d = dir();
+    let patterns = d.join("by_merchant.cep");
+    std::fs::write(
+        &patterns,
+        "pattern by_merchant\n  from cards key merchant time ts\n  match x\n  define x as amount > 500\nend\n",
+    )
+    .unwrap();
+    let input = d.join("refused.avro");
+    write_avro(&input, Codec::Null);
+    let dead = d.join("refused-dead.jsonl");
+    let (_, err) = replay(&patterns, &input, &["--dead-letter", dead.to_str().unwrap()]);
+    let refused = charges().iter().filter(|c| c.3.is_none()).count();
+    assert!(err.contains(&format!("{refused} undecodable")), "{err}");
+    let text = std::fs::read_to_string(&dead).unwrap();
+    assert_eq!(text.lines().count(), refused);
+    let entry: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert!(
+        entry.to_string().contains("missing key field `merchant`"),
+        "{entry}"
+    );
+    assert!(entry.to_string().contains("card"), "the record's JSON is kept: {entry}");
+}
