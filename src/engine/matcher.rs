@@ -40,6 +40,7 @@ use crate::event::{Event, Key};
 use crate::history::KeyHistory;
 
 use super::alert::{self, Alert, AlertKind};
+use super::history_slot::HistorySlot;
 use super::timers::Timers;
 use super::trace::{Note, Trace};
 
@@ -56,7 +57,7 @@ pub struct Run {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct KeyRuns {
+pub struct KeyRuns<H: HistorySlot = Option<KeyHistory>> {
     runs: Vec<Run>,
     /// Position of the next event of this key.
     next_pos: u64,
@@ -66,8 +67,20 @@ pub struct KeyRuns {
     scheduled: Scheduled,
     /// What the key's past events say, for a pattern that asks
     /// ([`crate::history`]); kept until it can answer nothing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    history: Option<KeyHistory>,
+    #[serde(default, skip_serializing_if = "HistorySlot::is_none")]
+    history: H,
+}
+
+impl<H: HistorySlot> KeyRuns<H> {
+    /// The same runs with the history in another kind of slot.
+    fn into_slot<G: HistorySlot>(self) -> KeyRuns<G> {
+        KeyRuns {
+            history: G::from_option(self.history.get().cloned()),
+            runs: self.runs,
+            next_pos: self.next_pos,
+            scheduled: self.scheduled,
+        }
+    }
 }
 
 /// A key's pending timer deadline, none as `i64::MIN`: 8 bytes instead of
@@ -129,8 +142,8 @@ pub struct MatchStats {
 /// (deadline, key) order either way, so a restored matcher fires exactly
 /// as the saved one would have.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Matcher {
-    keys: FxHashMap<Key, KeyRuns>,
+pub struct Matcher<H: HistorySlot = Option<KeyHistory>> {
+    keys: FxHashMap<Key, KeyRuns<H>>,
     #[serde(skip)]
     timers: Timers,
     pub stats: MatchStats,
@@ -175,7 +188,7 @@ pub struct Limits {
     pub start_runs: bool,
 }
 
-impl Matcher {
+impl<H: HistorySlot> Matcher<H> {
     pub fn active_keys(&self) -> usize {
         self.keys.len()
     }
@@ -191,7 +204,7 @@ impl Matcher {
             .changed
             .drain()
             .map(|k| {
-                let runs = self.keys.get(&k).cloned();
+                let runs = self.keys.get(&k).map(|r| r.clone().into_slot());
                 (k, runs)
             })
             .collect();
@@ -227,7 +240,7 @@ impl Matcher {
     }
 
     /// The matcher without its keys: its counters.
-    pub fn without_keys(&self) -> Matcher {
+    pub fn without_keys(&self) -> Matcher<H> {
         Matcher {
             stats: self.stats.clone(),
             ..Matcher::default()
@@ -240,7 +253,7 @@ impl Matcher {
         self.stats = stats;
         for (k, runs) in changes {
             match runs {
-                Some(r) => self.keys.insert(k, r),
+                Some(r) => self.keys.insert(k, r.into_slot()),
                 None => self.keys.remove(&k),
             };
         }
@@ -250,14 +263,43 @@ impl Matcher {
     /// earlier version of `new`'s pattern: what both versions keep (same
     /// field and window) carries over, so a changed threshold does not
     /// make every card look new.
-    pub fn adopt_history(&mut self, from: &Matcher, old: &Automaton, new: &Automaton) {
+    pub fn adopt_history<G: HistorySlot>(
+        &mut self,
+        from: &Matcher<G>,
+        old: &Automaton,
+        new: &Automaton,
+    ) {
         if old.history.tracks.is_empty() || new.history.is_empty() {
             return;
         }
         for (k, ks) in &from.keys {
-            let Some(h) = &ks.history else { continue };
+            let Some(h) = ks.history.get() else { continue };
             let carried = h.carried(&old.history, &new.history);
-            self.keys.entry(k.clone()).or_default().history = Some(carried);
+            self.keys
+                .entry(k.clone())
+                .or_default()
+                .history
+                .set(Some(carried));
+        }
+    }
+
+    /// The same state in another kind of slot (keys that held only
+    /// history go when the new slot holds none).
+    pub fn into_slot<G: HistorySlot>(self) -> Matcher<G> {
+        let mut keys: FxHashMap<Key, KeyRuns<G>> = FxHashMap::default();
+        for (k, ks) in self.keys {
+            let ks = ks.into_slot::<G>();
+            if !ks.runs.is_empty() || !ks.history.is_none() {
+                keys.insert(k, ks);
+            }
+        }
+        Matcher {
+            keys,
+            timers: self.timers,
+            stats: self.stats,
+            changed: self.changed,
+            trace: self.trace,
+            sweep_at: self.sweep_at,
         }
     }
 
@@ -298,7 +340,7 @@ impl Matcher {
         }
         let ks = self.keys.entry(ev.key.clone()).or_default();
         if records && ks.history.is_none() {
-            ks.history = Some(KeyHistory::new(&a.history));
+            ks.history.set(Some(KeyHistory::new(&a.history)));
         }
         // Borrowed field by field: the runs change, the history is read.
         let KeyRuns {
@@ -307,15 +349,15 @@ impl Matcher {
             history,
             ..
         } = &mut *ks;
-        if traced && records && !can_start(a, &ev, history.as_ref()) {
-            let why = start_refusals(a, &ev, history.as_ref());
+        if traced && records && !can_start(a, &ev, history.get()) {
+            let why = start_refusals(a, &ev, history.get());
             if let Some(t) = self.trace.as_mut() {
                 t.trace.notes.push(Note::NotStarted { why });
             }
         }
         // A key that holds only history, and an event that starts nothing:
         // there is nothing to offer it to (and no need to share it).
-        let idle = runs.is_empty() && !(lim.start_runs && can_start(a, &ev, history.as_ref()));
+        let idle = runs.is_empty() && !(lim.start_runs && can_start(a, &ev, history.get()));
         let ev: &Event = &ev;
         if idle {
             *next_pos += 1;
@@ -328,7 +370,7 @@ impl Matcher {
                 stats: &mut self.stats,
                 trace: self.trace.as_deref_mut().filter(|_| traced),
                 floor_run: 0,
-                history: history.as_ref(),
+                history: history.get(),
             };
             // Runs whose window closed before this event end first.
             cx.expire(runs, ev.time);
@@ -342,7 +384,7 @@ impl Matcher {
             }
         }
         // Recorded after every condition saw the event: history excludes it.
-        if let Some(h) = history {
+        if let Some(h) = history.get_mut() {
             self.stats.history_evictions += h.record(&a.history, ev);
         }
         // As `reschedule`, on the entry at hand (one lookup per event).
@@ -412,15 +454,15 @@ impl Matcher {
         self.keys.retain(|k, ks| {
             if ks
                 .history
-                .as_ref()
+                .get()
                 .is_some_and(|h| h.expires_at(&a.history) <= watermark)
             {
-                ks.history = None;
+                ks.history.set(None);
                 if lim.track_changes {
                     changed.insert(k.clone());
                 }
             }
-            !ks.runs.is_empty() || ks.history.is_some()
+            !ks.runs.is_empty() || !ks.history.is_none()
         });
         // At most once a minute of event time, however short the windows.
         let every = (a.history.retention() / 4).max(60_000);
@@ -449,7 +491,7 @@ impl Matcher {
                 stats: &mut self.stats,
                 trace: self.trace.as_deref_mut().filter(|_| traced),
                 floor_run: 0,
-                history: history.as_ref(),
+                history: history.get(),
             };
             cx.expire(runs, watermark);
             self.reschedule(a, key, lim);
@@ -490,14 +532,14 @@ enum Next {
     At(i64),
 }
 
-fn next_deadline(a: &Automaton, ks: &mut KeyRuns, lim: Limits) -> Next {
+fn next_deadline<H: HistorySlot>(a: &Automaton, ks: &mut KeyRuns<H>, lim: Limits) -> Next {
     if !lim.start_runs && ks.runs.is_empty() {
         // A draining version keeps history only for its open runs.
-        ks.history = None;
+        ks.history.set(None);
     }
     match ks.runs.iter().map(|r| deadline(a, r)).min() {
         Some(d) => Next::At(d),
-        None if ks.history.is_some() => Next::Idle,
+        None if !ks.history.is_none() => Next::Idle,
         None => Next::Gone,
     }
 }

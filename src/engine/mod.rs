@@ -15,7 +15,9 @@
 //! drive it directly, and the service will drive it from Kafka.
 
 pub mod alert;
+mod history_slot;
 pub mod matcher;
+mod pattern_matcher;
 mod state;
 mod timers;
 pub mod trace;
@@ -34,6 +36,7 @@ use crate::value::Value;
 
 pub use alert::{Alert, AlertKind};
 pub use matcher::{KeyChange, KeyRuns, Limits, MatchStats, Matcher};
+use pattern_matcher::PatternMatcher;
 
 /// How the engine treats time and bounds its state.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +72,7 @@ pub struct PatternState {
     /// and out of the buffer's queue (a 112-byte copy each way); boxing
     /// cost an allocation and a free per event, 6 % of `cep replay`.
     buffer: ReorderBuffer<Event>,
-    matcher: Matcher,
+    matcher: PatternMatcher,
     pub late: u64,
     pub rejected: u64,
     pub shadow_alerts: u64,
@@ -216,7 +219,7 @@ impl Engine {
                 };
                 let state = PatternState {
                     buffer,
-                    matcher: Matcher::default(),
+                    matcher: PatternMatcher::new(&a),
                     late: 0,
                     rejected: 0,
                     shadow_alerts: 0,
@@ -586,7 +589,7 @@ impl Engine {
                 pattern: a.name.clone(),
                 version: a.version,
                 shadow: a.shadow,
-                matched: st.matcher.stats.clone(),
+                matched: st.matcher.stats().clone(),
                 late: st.late,
                 rejected: st.rejected,
                 shadow_alerts: st.shadow_alerts,

@@ -94,7 +94,8 @@ impl Snapshot {
             st.late = rest.late;
             st.rejected = rest.rejected;
             st.shadow_alerts = rest.shadow_alerts;
-            st.matcher.apply_changes(rest.matcher.stats, c.keys);
+            st.matcher
+                .apply_changes(rest.matcher.stats().clone(), c.keys);
         }
         Ok(())
     }
@@ -255,6 +256,7 @@ impl Engine {
             {
                 Some((_, _, saved)) => {
                     *st = saved.clone();
+                    st.matcher.fit(a);
                     st.matcher.rebuild_timers();
                 }
                 None => fresh.push(a.name.clone()),
@@ -277,6 +279,7 @@ impl Engine {
                 let compiled = crate::compiler::compile_source(name, &src.source).ok()?;
                 let a = compiled.into_iter().find(|a| a.name == *name)?;
                 let mut st = s.clone();
+                st.matcher.fit(&a);
                 st.matcher.rebuild_timers();
                 Some((a.with_meta(src.version, src.shadow), st))
             })
