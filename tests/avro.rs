@@ -305,7 +305,11 @@ fn an_avro_record_a_pattern_refuses_is_dead_lettered_as_json() {
     let input = d.join("refused.avro");
     write_avro(&input, Codec::Null);
     let dead = d.join("refused-dead.jsonl");
-    let (_, err) = replay(&patterns, &input, &["--dead-letter", dead.to_str().unwrap()]);
+    let (_, err) = replay(
+        &patterns,
+        &input,
+        &["--dead-letter", dead.to_str().unwrap()],
+    );
     let refused = charges().iter().filter(|c| c.3.is_none()).count();
     assert!(err.contains(&format!("{refused} undecodable")), "{err}");
     let text = std::fs::read_to_string(&dead).unwrap();
@@ -315,5 +319,8 @@ fn an_avro_record_a_pattern_refuses_is_dead_lettered_as_json() {
         entry.to_string().contains("missing key field `merchant`"),
         "{entry}"
     );
-    assert!(entry.to_string().contains("card"), "the record's JSON is kept: {entry}");
+    assert!(
+        entry.to_string().contains("card"),
+        "the record's JSON is kept: {entry}"
+    );
 }
