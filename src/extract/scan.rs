@@ -1,0 +1,441 @@
+//! The JSON scanner behind [`super::Extractor::extract`]: one pass over the
+//! text, checking it as serde_json would and noting where the registered
+//! paths' values are (see the module above for why it is our own).
+
+use super::{Captures, Extractor, Found};
+
+/// How deep objects and arrays may nest (serde_json's limit).
+const MAX_DEPTH: u32 = 128;
+
+/// 10^0 ..= 10^22: the powers of ten a double holds exactly.
+const POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Where the first byte that ends plain string content (`"`, `\\` or a
+/// control character) is, eight bytes at a time: the usual zero-byte test
+/// on the word XORed with each sought byte, and a borrow test for bytes
+/// under 0x20. A test can also flag a byte after a real hit (borrows carry
+/// upwards), never before one, so the lowest flag is the first stop. This
+/// halved the cost of strings, most of the text of a typical event.
+#[inline]
+pub(super) fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let flags = (zero_byte(x ^ (ONES * u64::from(b'"')))
+            | zero_byte(x ^ (ONES * u64::from(b'\\')))
+            | (x.wrapping_sub(ONES * 0x20) & !x))
+            & HIGH;
+        if flags != 0 {
+            return Some(at + (flags.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    tail.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| at + i)
+}
+
+/// One pass over one text.
+pub(super) struct Scan<'t, 'x> {
+    ex: &'x Extractor,
+    text: &'t str,
+    bytes: &'t [u8],
+    pos: usize,
+    depth: u32,
+    out: &'x mut Captures,
+}
+
+/// What is wrong with a text; the scanner stops where it found it. (Small
+/// and `Copy`, so that every step's result fits in registers.)
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Bad(&'static str);
+
+/// A scanned string: where its contents are. (Offsets as `usize`: two
+/// `u32`s were packed into one register through the stack, and the load
+/// stalled waiting for the two stores, 27 % of the scanner's cycles.)
+#[derive(Clone, Copy)]
+enum Scanned {
+    Text(usize, usize),
+    Unescaped(usize, usize),
+}
+
+impl<'t, 'x> Scan<'t, 'x> {
+    pub(super) fn new(ex: &'x Extractor, text: &'t str, out: &'x mut Captures) -> Scan<'t, 'x> {
+        Scan {
+            ex,
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            depth: 0,
+            out,
+        }
+    }
+    #[inline]
+    pub(super) fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    #[inline]
+    pub(super) fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// A problem at the current position, worded as serde_json words it.
+    #[cold]
+    pub(super) fn describe(&self, Bad(what): Bad) -> String {
+        let before = &self.bytes[..self.pos.min(self.bytes.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        format!("{what} at line {line} column {column}")
+    }
+
+    pub(super) fn end(&mut self) -> Result<(), Bad> {
+        self.skip_ws();
+        match self.peek() {
+            None => Ok(()),
+            Some(_) => Err(Bad("trailing characters")),
+        }
+    }
+
+    fn expect(&mut self, byte: u8, what: &'static str) -> Result<(), Bad> {
+        self.skip_ws();
+        if self.peek() == Some(byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Bad(what))
+        }
+    }
+
+    /// Scans one value; `node` is the trie node it sits at (`None`: no
+    /// registered path goes through it, so it is only checked).
+    pub(super) fn value(&mut self, node: Option<usize>) -> Result<(), Bad> {
+        self.skip_ws();
+        let capture = node.and_then(|n| self.ex.nodes[n].capture);
+        let start = self.pos as u32;
+        let found = match self.peek() {
+            Some(b'{') => {
+                self.nested(|s| s.object(node))?;
+                Found::Composite(start, self.pos as u32)
+            }
+            Some(b'[') => {
+                self.nested(|s| s.array(node))?;
+                Found::Composite(start, self.pos as u32)
+            }
+            Some(b'"') => match self.string()? {
+                Scanned::Text(a, b) => Found::Str(a as u32, b as u32),
+                Scanned::Unescaped(a, b) => Found::Unescaped(a as u32, b as u32),
+            },
+            Some(b't') => self.literal("true", Found::Bool(true))?,
+            Some(b'f') => self.literal("false", Found::Bool(false))?,
+            Some(b'n') => self.literal("null", Found::Null)?,
+            Some(b'-' | b'0'..=b'9') => self.number()?,
+            Some(_) => return Err(Bad("expected value")),
+            None => return Err(Bad("EOF while parsing a value")),
+        };
+        if let Some(c) = capture {
+            self.out.found[c] = found;
+        }
+        Ok(())
+    }
+
+    fn nested(&mut self, scan: impl FnOnce(&mut Self) -> Result<(), Bad>) -> Result<(), Bad> {
+        self.depth += 1;
+        if self.depth >= MAX_DEPTH {
+            return Err(Bad("recursion limit exceeded"));
+        }
+        scan(self)?;
+        self.depth -= 1;
+        Ok(())
+    }
+
+    fn object(&mut self, node: Option<usize>) -> Result<(), Bad> {
+        self.pos += 1; // '{'
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.skip_ws();
+            if self.peek() != Some(b'"') {
+                return Err(Bad(match self.peek() {
+                    None => "EOF while parsing an object",
+                    Some(_) => "key must be a string",
+                }));
+            }
+            let name = self.string()?;
+            let child = node.and_then(|n| self.child(n, name));
+            if let Some(c) = child {
+                // A repeated name replaces the earlier value, with whatever
+                // was captured inside it.
+                for &slot in &self.ex.nodes[c].below {
+                    self.out.found[slot] = Found::Absent;
+                }
+            }
+            self.expect(b':', "expected `:`")?;
+            self.value(child)?;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err(Bad("expected `,` or `}`")),
+                None => return Err(Bad("EOF while parsing an object")),
+            }
+        }
+    }
+
+    /// The child of `node` a member name leads to.
+    fn child(&self, node: usize, name: Scanned) -> Option<usize> {
+        let name = match name {
+            Scanned::Text(a, b) => &self.text[a..b],
+            Scanned::Unescaped(a, b) => &self.out.unescaped[a..b],
+        };
+        let children = &self.ex.nodes[node].children;
+        children.iter().find(|(n, _)| n == name).map(|&(_, c)| c)
+    }
+
+    fn array(&mut self, node: Option<usize>) -> Result<(), Bad> {
+        self.pos += 1; // '['
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(());
+        }
+        let indices = node.map_or(&[][..], |n| &self.ex.nodes[n].indices[..]);
+        let mut i = 0usize;
+        loop {
+            let child = indices.iter().find(|&&(at, _)| at == i).map(|&(_, c)| c);
+            self.value(child)?;
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err(Bad("expected `,` or `]`")),
+                None => return Err(Bad("EOF while parsing a list")),
+            }
+            i += 1;
+        }
+    }
+
+    fn literal(&mut self, word: &'static str, found: Found) -> Result<Found, Bad> {
+        if self.bytes[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(found)
+        } else {
+            Err(Bad("expected value"))
+        }
+    }
+
+    /// Skips decimal digits; returns how many, and their value while it
+    /// fits in a `u64` (`None` beyond).
+    #[inline]
+    fn digits(&mut self) -> (usize, Option<u64>) {
+        let rest = &self.bytes[self.pos..];
+        let n = rest
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .unwrap_or(rest.len());
+        // 19 digits always fit; more are left to the full parse.
+        let value = (n <= 19).then(|| {
+            rest[..n]
+                .iter()
+                .fold(0u64, |v, &d| v * 10 + u64::from(d - b'0'))
+        });
+        self.pos += n;
+        (n, value)
+    }
+
+    #[inline(always)]
+    fn number(&mut self) -> Result<Found, Bad> {
+        let start = self.pos;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.pos += 1;
+        }
+        let (_, int_value) = match self.peek() {
+            Some(b'0') => {
+                self.pos += 1;
+                (1, Some(0))
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(Bad("invalid number")),
+        };
+        let mut fraction = None;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            let (n, value) = self.digits();
+            if n == 0 {
+                return Err(Bad("invalid number"));
+            }
+            fraction = Some((n, value));
+        }
+        let mut exponent = false;
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if self.digits().0 == 0 {
+                return Err(Bad("invalid number"));
+            }
+            exponent = true;
+        }
+        match (int_value, fraction, exponent) {
+            // An integer: as serde_json reads it, `-0` being the float −0.0.
+            (Some(0), None, false) if negative => return Ok(Found::Float(-0.0)),
+            (Some(v), None, false) if v <= i64::MAX as u64 => {
+                let v = v as i64;
+                return Ok(Found::Int(if negative { -v } else { v }));
+            }
+            (Some(v), None, false) if negative && v == 1 << 63 => return Ok(Found::Int(i64::MIN)),
+            // A short decimal (`12.75`): both the digits and the power of
+            // ten are exact doubles, so one division is correctly rounded
+            // (Clinger's fast path), which is what a full parse gives.
+            (Some(i), Some((n, Some(f))), false) if n <= 22 => {
+                let digits = 10u64
+                    .checked_pow(n as u32)
+                    .and_then(|p| i.checked_mul(p)?.checked_add(f));
+                if let Some(m) = digits.filter(|&m| m < 1 << 53) {
+                    let x = m as f64 / POWERS_OF_TEN[n];
+                    return Ok(Found::Float(if negative { -x } else { x }));
+                }
+            }
+            _ => {}
+        }
+        match self.text[start..self.pos].parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(Found::Float(f)),
+            _ => Err(Bad("number out of range")),
+        }
+    }
+
+    /// Scans a string (at its opening quote): checks it and says where its
+    /// contents are. Escapes are decoded into the captures' buffer.
+    ///
+    /// Inlined: returned through memory, its result was read back before
+    /// the store had landed (a store-forwarding stall on every string, a
+    /// quarter of the scanner's cycles).
+    #[inline(always)]
+    fn string(&mut self) -> Result<Scanned, Bad> {
+        self.pos += 1; // '"'
+        let start = self.pos;
+        let rest = &self.bytes[start..];
+        self.pos += string_stop(rest).unwrap_or(rest.len());
+        match self.peek() {
+            Some(b'"') => {
+                self.pos += 1;
+                Ok(Scanned::Text(start, self.pos - 1))
+            }
+            Some(b'\\') => self.escaped_string(start),
+            Some(_) => Err(Bad(
+                "control character (\\u0000-\\u001F) found while parsing a string",
+            )),
+            None => Err(Bad("EOF while parsing a string")),
+        }
+    }
+
+    /// The rest of a string that has escapes, from its first backslash.
+    #[cold]
+    #[inline(never)]
+    fn escaped_string(&mut self, start: usize) -> Result<Scanned, Bad> {
+        let from = self.out.unescaped.len();
+        self.out.unescaped.push_str(&self.text[start..self.pos]);
+        loop {
+            let run = self.pos;
+            while let Some(b) = self.peek() {
+                if b == b'"' || b == b'\\' || b < 0x20 {
+                    break;
+                }
+                self.pos += 1;
+            }
+            self.out.unescaped.push_str(&self.text[run..self.pos]);
+            match self.peek() {
+                Some(b'"') => {
+                    self.pos += 1;
+                    let to = self.out.unescaped.len();
+                    return Ok(Scanned::Unescaped(from, to));
+                }
+                Some(b'\\') => {
+                    self.pos += 1;
+                    let c = self.escape()?;
+                    self.out.unescaped.push(c);
+                }
+                Some(_) => {
+                    return Err(Bad(
+                        "control character (\\u0000-\\u001F) found while parsing a string",
+                    ))
+                }
+                None => return Err(Bad("EOF while parsing a string")),
+            }
+        }
+    }
+
+    /// One escape, after its backslash.
+    fn escape(&mut self) -> Result<char, Bad> {
+        let c = self.peek().ok_or(Bad("EOF while parsing a string"))?;
+        self.pos += 1;
+        Ok(match c {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => return self.unicode_escape(),
+            _ => return Err(Bad("invalid escape")),
+        })
+    }
+
+    /// `\uXXXX`, a surrogate pair taking two of them.
+    fn unicode_escape(&mut self) -> Result<char, Bad> {
+        let first = self.hex4()?;
+        let code = match first {
+            0xD800..=0xDBFF => {
+                if !self.bytes[self.pos..].starts_with(b"\\u") {
+                    return Err(Bad("lone leading surrogate in hex escape"));
+                }
+                self.pos += 2;
+                let second = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&second) {
+                    return Err(Bad("lone leading surrogate in hex escape"));
+                }
+                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return Err(Bad("lone trailing surrogate in hex escape")),
+            c => c,
+        };
+        char::from_u32(code).ok_or(Bad("invalid unicode code point"))
+    }
+
+    fn hex4(&mut self) -> Result<u32, Bad> {
+        let digits = self.bytes.get(self.pos..self.pos + 4);
+        let value = digits
+            .filter(|d| d.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|d| u32::from_str_radix(std::str::from_utf8(d).ok()?, 16).ok());
+        match value {
+            Some(v) => {
+                self.pos += 4;
+                Ok(v)
+            }
+            None => Err(Bad("invalid escape")),
+        }
+    }
+}
