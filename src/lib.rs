@@ -12,7 +12,8 @@
 //! - [`dsl`]: lexer, parser, syntax tree, printer and diagnostics.
 //! - [`compiler`]: semantic checks; syntax tree → immutable [`compiler::Automaton`].
 //! - [`event`], [`value`]: decoded events and the values conditions use.
-//! - [`extract`]: reading just the needed fields from JSON text.
+//! - [`extract`]: reading just the needed fields from JSON text (our own
+//!   validating scanner) and from CSV rows.
 //! - [`time`]: watermarks, per-partition clocks and the reorder buffer.
 //! - [`engine`]: per-key runs, windows, skip strategies, alerts, snapshots.
 //!
