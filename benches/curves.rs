@@ -62,25 +62,6 @@ end"
 }
 
 fn keys_curve() {
-    struct Keys {
-        keys: u64,
-        events: usize,
-        rng: SplitMix64,
-    }
-    impl Stream for Keys {
-        fn len(&self) -> usize {
-            self.events
-        }
-        fn event(&mut self, n: usize) -> (u64, i64, f64) {
-            let key = self.rng.below(self.keys);
-            let amount = match self.rng.below(100) {
-                0 => 600.0,
-                1..=50 => 5.0,
-                _ => 50.0,
-            };
-            (key, n as i64, amount)
-        }
-    }
     let src = pattern("1h", "next");
     let mut curve = Curve::new("keys: `small next large within 1h`, half the events small");
     let points = std::env::var("CURVE_KEYS").map_or_else(
@@ -89,19 +70,24 @@ fn keys_curve() {
     );
     for keys in points {
         let events = (2 * keys as usize).max(2_000_000);
-        let ns = median_ns(&src, || Keys {
+        let ns = median_ns(&src, || Cards {
             keys,
             events,
+            small_percent: 50,
+            gap_ms: 1,
             rng: SplitMix64::new(7),
         });
         curve.point(&format!("{keys} keys ({events} events)"), ns);
     }
 }
 
-/// A card stream: `p_small`, `p_large` of the amounts; 10 ms apart.
+/// A card stream: 1 % of the amounts large (600), `small_percent` % small
+/// (5), the rest 50; keys drawn at random; `gap_ms` apart.
 struct Cards {
     keys: u64,
     events: usize,
+    small_percent: u64,
+    gap_ms: i64,
     rng: SplitMix64,
 }
 
@@ -113,10 +99,10 @@ impl Stream for Cards {
         let key = self.rng.below(self.keys);
         let amount = match self.rng.below(100) {
             0 => 600.0,
-            1 | 2 => 5.0,
+            p if p <= self.small_percent => 5.0,
             _ => 50.0,
         };
-        (key, n as i64 * 10, amount)
+        (key, n as i64 * self.gap_ms, amount)
     }
 }
 
@@ -126,6 +112,8 @@ fn window_curve() {
         let ns = median_ns(&pattern(w, "then"), || Cards {
             keys: 100_000,
             events: 2_000_000,
+            small_percent: 2,
+            gap_ms: 10,
             rng: SplitMix64::new(11),
         });
         curve.point(&format!("within {w}"), ns);

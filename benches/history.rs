@@ -17,6 +17,10 @@
 use cep::compiler::compile_source;
 use cep::engine::{Engine, EngineConfig, Output};
 
+#[path = "support/rss.rs"]
+mod rss;
+use rss::rss_bytes;
+
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_700_000_000_000;
 
@@ -33,16 +37,6 @@ const SEEN: &str = r#"pattern new_value
   define first_use as value not seen in 90d with at least 3 events
 end
 "#;
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 struct Shape {
     name: &'static str,

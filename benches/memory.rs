@@ -16,21 +16,15 @@ use cep::engine::{Engine, EngineConfig, Output};
 use cep::event::{Event, Key, Slots};
 use cep::value::Value;
 
+#[path = "support/rss.rs"]
+mod rss;
+use rss::rss_bytes;
+
 const PATTERN: &str = "pattern small_then_large
   from cards key card time ts within 1d
   match a then b
   define a as amount < 10, b as amount > 500
 end";
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
 
 fn measure(keys: usize) {
     let automata = compile_source("memory.cep", PATTERN).expect("compiles");
