@@ -59,6 +59,12 @@ impl Key {
         }
     }
 
+    /// The key's hash, computed once when it was made.
+    #[inline]
+    pub fn hash_value(&self) -> u64 {
+        self.hash
+    }
+
     fn as_bytes(&self) -> &[u8] {
         match &self.text {
             KeyText::Inline { len, buf } => &buf[..*len as usize],

@@ -29,8 +29,9 @@
 //! - At most `max_runs_per_key` runs per key: beyond it the oldest runs are
 //!   dropped and counted in `runs_dropped`.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::compiler::{Automaton, Bindings, Entry, Env, Names, NodeId};
 use crate::event::{Event, Key};
@@ -38,6 +39,7 @@ use crate::history::KeyHistory;
 
 use super::alert::Alert;
 use super::history_slot::HistorySlot;
+use super::key_map::{KeyMap, Slot};
 use super::timers::Timers;
 
 mod step;
@@ -57,9 +59,14 @@ pub struct Run {
     bindings: Bindings,
 }
 
+/// A key's runs, oldest first. The first is held inline in the key's
+/// entry: most waiting keys hold one run, and a list of their own cost
+/// each of them a 64-byte allocation (see BENCHMARKS.md, "Memory per key").
+pub(super) type RunList = SmallVec<[Run; 1]>;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KeyRuns<H: HistorySlot = Option<KeyHistory>> {
-    runs: Vec<Run>,
+    runs: RunList,
     /// Position of the next event of this key.
     next_pos: u64,
     /// Deadline of this key's pending timer (runs without a window have
@@ -139,12 +146,13 @@ pub struct MatchStats {
 /// as the keys changed since the last [`Matcher::take_changes`].
 ///
 /// The timer queue is not saved: it is derived from each key's
-/// `scheduled` deadline ([`Matcher::rebuild_timers`]), and ties pop in
-/// (deadline, key) order either way, so a restored matcher fires exactly
-/// as the saved one would have.
+/// `scheduled` deadline ([`Matcher::rebuild_timers`]), and the keys due at
+/// one deadline fire in key order either way (not in slot order, which a
+/// restored map does not keep), so a restored matcher fires exactly as the
+/// saved one would have.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Matcher<H: HistorySlot = Option<KeyHistory>> {
-    keys: FxHashMap<Key, KeyRuns<H>>,
+    keys: KeyMap<KeyRuns<H>>,
     #[serde(skip)]
     timers: Timers,
     pub stats: MatchStats,
@@ -255,8 +263,10 @@ impl<H: HistorySlot> Matcher<H> {
         for (k, runs) in changes {
             match runs {
                 Some(r) => self.keys.insert(k, r.into_slot()),
-                None => self.keys.remove(&k),
-            };
+                None => {
+                    self.keys.remove(&k);
+                }
+            }
         }
     }
 
@@ -273,35 +283,34 @@ impl<H: HistorySlot> Matcher<H> {
         if old.history.tracks.is_empty() || new.history.is_empty() {
             return;
         }
-        for (k, ks) in &from.keys {
+        for (_, k, ks) in from.keys.iter() {
             let Some(h) = ks.history.get() else { continue };
             let carried = h.carried(&old.history, &new.history);
-            self.keys
-                .entry(k.clone())
-                .or_default()
-                .history
-                .set(Some(carried));
+            let (_, entry) = self.keys.get_or_insert_with(k, KeyRuns::default);
+            entry.history.set(Some(carried));
         }
     }
 
     /// The same state in another kind of slot (keys that held only
     /// history go when the new slot holds none).
     pub fn into_slot<G: HistorySlot>(self) -> Matcher<G> {
-        let mut keys: FxHashMap<Key, KeyRuns<G>> = FxHashMap::default();
-        for (k, ks) in self.keys {
-            let ks = ks.into_slot::<G>();
-            if !ks.runs.is_empty() || !ks.history.is_none() {
-                keys.insert(k, ks);
-            }
-        }
-        Matcher {
+        let keys: KeyMap<KeyRuns<G>> = self
+            .keys
+            .into_entries()
+            .map(|(k, ks)| (k, ks.into_slot::<G>()))
+            .filter(|(_, ks)| !ks.runs.is_empty() || !ks.history.is_none())
+            .collect();
+        let mut m = Matcher {
             keys,
-            timers: self.timers,
+            timers: Timers::default(),
             stats: self.stats,
             changed: self.changed,
             trace: self.trace,
             sweep_at: self.sweep_at,
-        }
+        };
+        // The timers name slots, which the new map numbers anew.
+        m.rebuild_timers();
+        m
     }
 
     /// Drops the keys that hold only history (a version starting to
@@ -315,7 +324,7 @@ impl<H: HistorySlot> Matcher<H> {
         self.timers = self
             .keys
             .iter()
-            .filter_map(|(k, ks)| Some((ks.scheduled.get()?, k.clone())))
+            .filter_map(|(s, _, ks)| Some((ks.scheduled.get()?, s)))
             .collect();
     }
 
@@ -339,7 +348,7 @@ impl<H: HistorySlot> Matcher<H> {
             }
             return;
         }
-        let ks = self.keys.entry(ev.key.clone()).or_default();
+        let (slot, ks) = self.keys.get_or_insert_with(&ev.key, KeyRuns::default);
         if records && ks.history.is_none() {
             ks.history.set(Some(KeyHistory::new(&a.history)));
         }
@@ -397,20 +406,20 @@ impl<H: HistorySlot> Matcher<H> {
             }
             _ => None,
         };
-        self.settle(&ev.key, next, push, lim);
+        self.settle(&ev.key, slot, next, push, lim);
     }
 
     /// After an event: lists the key as changed, drops it if it holds
     /// nothing, queues its new timer.
-    fn settle(&mut self, key: &Key, next: Next, push: Option<i64>, lim: Limits) {
+    fn settle(&mut self, key: &Key, slot: Slot, next: Next, push: Option<i64>, lim: Limits) {
         if lim.track_changes && !self.changed.contains(key) {
             self.changed.insert(key.clone());
         }
         if let Next::Gone = next {
-            self.keys.remove(key);
+            self.keys.remove_slot(slot);
         }
         if let Some(d) = push {
-            self.timers.push(d, key.clone());
+            self.timers.push(d, slot);
         }
     }
 
@@ -471,46 +480,81 @@ impl<H: HistorySlot> Matcher<H> {
     }
 
     fn fire(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
-        while self.timers.next_deadline().is_some_and(|d| d <= watermark) {
-            let Some((deadline, key)) = self.timers.pop() else {
+        while let Some(deadline) = self.timers.next_deadline().filter(|&d| d <= watermark) {
+            for slot in self.due_at(deadline) {
+                self.fire_slot(a, slot, deadline, watermark, lim, out);
+            }
+        }
+    }
+
+    /// Takes the timers at `deadline` off the queue: the slots of the keys
+    /// still waiting for it, in key order. A timer is stale when an
+    /// earlier one superseded it, or its key has gone (and the slot may
+    /// hold another key since); the entry's own deadline tells.
+    fn due_at(&mut self, deadline: i64) -> SmallVec<[Slot; 4]> {
+        let mut due: SmallVec<[Slot; 4]> = SmallVec::new();
+        while self.timers.next_deadline() == Some(deadline) {
+            let Some((_, slot)) = self.timers.pop() else {
                 break;
             };
-            let Some(ks) = self.keys.get_mut(&key) else {
-                continue;
-            };
-            if ks.scheduled.get() != Some(deadline) {
-                continue; // superseded by an earlier timer
+            let waits = self.keys.at(slot);
+            if waits.is_some_and(|(_, ks)| ks.scheduled.get() == Some(deadline)) {
+                due.push(slot);
             }
-            ks.scheduled = Scheduled::NONE;
-            let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == key);
-            let KeyRuns { runs, history, .. } = &mut *ks;
-            let mut cx = Step {
-                a,
-                key: &key,
-                lim,
-                out,
-                stats: &mut self.stats,
-                trace: self.trace.as_deref_mut().filter(|_| traced),
-                floor_run: 0,
-                history: history.get(),
-            };
-            cx.expire(runs, watermark);
-            self.reschedule(a, key, lim);
         }
+        if due.len() > 1 {
+            let keys = &self.keys;
+            due.sort_unstable_by(|x, y| keys.at(*x).map(|e| e.0).cmp(&keys.at(*y).map(|e| e.0)));
+            due.dedup();
+        }
+        due
+    }
+
+    /// Expires the runs of the key in `slot` whose deadline has passed.
+    fn fire_slot(
+        &mut self,
+        a: &Automaton,
+        slot: Slot,
+        deadline: i64,
+        watermark: i64,
+        lim: Limits,
+        out: &mut Vec<Alert>,
+    ) {
+        let Some((key, ks)) = self.keys.at_mut(slot) else {
+            return;
+        };
+        if ks.scheduled.get() != Some(deadline) {
+            return;
+        }
+        ks.scheduled = Scheduled::NONE;
+        let traced = self.trace.as_ref().is_some_and(|t| t.trace.key == *key);
+        let KeyRuns { runs, history, .. } = &mut *ks;
+        let mut cx = Step {
+            a,
+            key,
+            lim,
+            out,
+            stats: &mut self.stats,
+            trace: self.trace.as_deref_mut().filter(|_| traced),
+            floor_run: 0,
+            history: history.get(),
+        };
+        cx.expire(runs, watermark);
+        self.reschedule(a, slot, lim);
     }
 
     /// Every change to a key's runs ends here (after an event, after a
     /// fired deadline), which makes it the one place to list changed keys.
-    fn reschedule(&mut self, a: &Automaton, key: Key, lim: Limits) {
-        if lim.track_changes && !self.changed.contains(&key) {
-            self.changed.insert(key.clone());
-        }
-        let Some(ks) = self.keys.get_mut(&key) else {
+    fn reschedule(&mut self, a: &Automaton, slot: Slot, lim: Limits) {
+        let Some((key, ks)) = self.keys.at_mut(slot) else {
             return;
         };
+        if lim.track_changes && !self.changed.contains(key) {
+            self.changed.insert(key.clone());
+        }
         let deadline = match next_deadline(a, ks, lim) {
             Next::Gone => {
-                self.keys.remove(&key);
+                self.keys.remove_slot(slot);
                 return;
             }
             Next::Idle => return,
@@ -518,7 +562,7 @@ impl<H: HistorySlot> Matcher<H> {
         };
         if ks.scheduled.get().is_none_or(|s| deadline < s) {
             ks.scheduled = Scheduled::at(deadline);
-            self.timers.push(deadline, key);
+            self.timers.push(deadline, slot);
         }
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod alert;
 mod history_slot;
+mod key_map;
 pub mod matcher;
 mod pattern_matcher;
 mod state;

@@ -10,7 +10,7 @@ use crate::history::KeyHistory;
 
 use super::super::alert::{self, Alert, AlertKind};
 use super::super::trace::Note;
-use super::{Limits, MatchStats, Run, Traced};
+use super::{Limits, MatchStats, Run, RunList, Traced};
 
 /// When a run expires: its window's or its max gap's end, the earlier.
 pub(super) fn deadline(a: &Automaton, r: &Run) -> i64 {
@@ -58,11 +58,11 @@ impl Step<'_> {
     }
 
     /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
-    pub(super) fn offer(&mut self, runs: &mut Vec<Run>, ev: &Event, pos: u64) {
+    pub(super) fn offer(&mut self, runs: &mut RunList, ev: &Event, pos: u64) {
         let old = std::mem::take(runs);
-        // Sized for the runs and one new one; nothing is allocated for a
-        // key without runs unless one starts (a key kept for its history).
-        let mut next: Vec<Run> = Vec::with_capacity(old.len() + !old.is_empty() as usize);
+        // Sized for the runs and one new one; a key's first run is held
+        // inline, so nothing is allocated for a key with one run.
+        let mut next = RunList::with_capacity(old.len() + !old.is_empty() as usize);
         let mut floor = 0u64;
         for run in old {
             if run.start_pos < floor {
@@ -90,7 +90,7 @@ impl Step<'_> {
         *runs = next;
     }
 
-    fn step(&mut self, mut run: Run, ev: &Event, pos: u64, next: &mut Vec<Run>, floor: &mut u64) {
+    fn step(&mut self, mut run: Run, ev: &Event, pos: u64, next: &mut RunList, floor: &mut u64) {
         let a = self.a;
         let node = &a.nodes[run.node as usize];
         let seed = run.bindings.is_empty();
@@ -208,7 +208,7 @@ impl Step<'_> {
     }
 
     /// Keeps a run waiting, or accepts it.
-    fn place(&mut self, run: Run, next: &mut Vec<Run>, floor: &mut u64) {
+    fn place(&mut self, run: Run, next: &mut RunList, floor: &mut u64) {
         if run.start_pos < *floor {
             return;
         }
@@ -221,9 +221,6 @@ impl Step<'_> {
                         by: by + o,
                     });
                     return;
-                }
-                if next.capacity() == 0 {
-                    next.reserve_exact(1);
                 }
                 next.push(run);
             }
@@ -323,13 +320,13 @@ impl Step<'_> {
     }
 
     /// Ends the runs whose deadline is at or before `now`.
-    pub(super) fn expire(&mut self, runs: &mut Vec<Run>, now: i64) {
+    pub(super) fn expire(&mut self, runs: &mut RunList, now: i64) {
         if !runs.iter().any(|r| deadline(self.a, r) <= now) {
             return;
         }
         let old = std::mem::take(runs);
         let mut floor = 0u64;
-        let mut keep = Vec::with_capacity(old.len());
+        let mut keep = RunList::with_capacity(old.len());
         for run in old {
             if run.start_pos < floor {
                 continue;
@@ -361,7 +358,7 @@ impl Step<'_> {
                 let f = self.emit_match(&run, end);
                 if f > floor {
                     floor = f;
-                    keep.retain(|r: &Run| r.start_pos >= f);
+                    keep.retain(|r: &mut Run| r.start_pos >= f);
                 }
             } else if self.a.on_timeout.is_some() {
                 self.stats.timeouts += 1;

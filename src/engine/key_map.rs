@@ -1,0 +1,337 @@
+//! A matcher's keys: each key's entry in a dense slab, found through a
+//! small index table.
+//!
+//! A hash map that holds its entries in its own table spreads them over a
+//! power-of-two number of buckets, and after growing it is often half
+//! empty: at a million waiting keys the map of 72-byte entries took 2²¹
+//! buckets, about 153 bytes per key, and every bucket's page is touched.
+//! Here the table holds only a 4-byte slot number per key (2²¹ buckets
+//! are 10 MB at a million keys), and the entries live one after another
+//! in a vector, so resident memory follows the number of keys (see
+//! BENCHMARKS.md, "Memory per key").
+//!
+//! A key keeps its slot for as long as it is in the map; a removed key's
+//! slot goes to a free list and is reused by the next new key. Stable
+//! slots let the timer queue name a key by its slot (8 bytes with the
+//! deadline's 8) instead of by a copy of the key (32): a timer whose
+//! key has gone, or whose slot now holds another key, is recognised by
+//! the entry's own deadline (see [`super::matcher`]).
+//!
+//! Iteration goes in slot order, which depends on the order keys came and
+//! went; nothing that must be reproducible depends on it (changes and
+//! fired timers are put in key order where order matters).
+
+use std::fmt;
+use std::hash::Hasher;
+use std::marker::PhantomData;
+
+use hashbrown::HashTable;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::Key;
+
+/// Where a key's entry lives: its index in the slab.
+pub type Slot = u32;
+
+#[derive(Clone)]
+pub struct KeyMap<V> {
+    /// Slot numbers, hashed by their key.
+    index: HashTable<Slot>,
+    slab: Vec<Entry<V>>,
+    /// The first vacant slot, `NONE` when every slot is taken.
+    free: Slot,
+    len: usize,
+}
+
+#[derive(Clone)]
+enum Entry<V> {
+    Taken(Key, V),
+    /// A removed key's slot, and the next vacant one.
+    Vacant(Slot),
+}
+
+const NONE: Slot = Slot::MAX;
+
+/// The table's hash of a key: its stored hash mixed once more, so that
+/// both the bucket (low bits) and the table's tag (high bits) spread.
+#[inline]
+fn hash_of(key: &Key) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    h.write_u64(key.hash_value());
+    h.finish()
+}
+
+impl<V> Default for KeyMap<V> {
+    fn default() -> KeyMap<V> {
+        KeyMap {
+            index: HashTable::new(),
+            slab: Vec::new(),
+            free: NONE,
+            len: 0,
+        }
+    }
+}
+
+impl<V> KeyMap<V> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The slot of `key`, if it is in the map.
+    #[inline]
+    pub fn slot_of(&self, key: &Key) -> Option<Slot> {
+        let slab = &self.slab;
+        self.index
+            .find(hash_of(key), |&s| slab[s as usize].key() == Some(key))
+            .copied()
+    }
+
+    #[inline]
+    pub fn contains_key(&self, key: &Key) -> bool {
+        self.slot_of(key).is_some()
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&V> {
+        let s = self.slot_of(key)?;
+        self.at(s).map(|(_, v)| v)
+    }
+
+    /// The key and entry in slot `s`, if the slot is taken.
+    #[inline]
+    pub fn at(&self, s: Slot) -> Option<(&Key, &V)> {
+        match self.slab.get(s as usize)? {
+            Entry::Taken(k, v) => Some((k, v)),
+            Entry::Vacant(_) => None,
+        }
+    }
+
+    #[inline]
+    pub fn at_mut(&mut self, s: Slot) -> Option<(&Key, &mut V)> {
+        match self.slab.get_mut(s as usize)? {
+            Entry::Taken(k, v) => Some((&*k, v)),
+            Entry::Vacant(_) => None,
+        }
+    }
+
+    /// The entry of `key` and its slot, made with `new` if missing (the
+    /// key is copied only then).
+    #[inline]
+    pub fn get_or_insert_with(&mut self, key: &Key, new: impl FnOnce() -> V) -> (Slot, &mut V) {
+        let s = match self.slot_of(key) {
+            Some(s) => s,
+            None => self.insert_new(key.clone(), new()),
+        };
+        match &mut self.slab[s as usize] {
+            Entry::Taken(_, v) => (s, v),
+            Entry::Vacant(_) => unreachable!("a found slot is taken"),
+        }
+    }
+
+    /// Puts `value` under `key`, replacing what was there.
+    pub fn insert(&mut self, key: Key, value: V) {
+        match self.slot_of(&key) {
+            Some(s) => self.slab[s as usize] = Entry::Taken(key, value),
+            None => {
+                self.insert_new(key, value);
+            }
+        }
+    }
+
+    /// Inserts a key known to be missing.
+    fn insert_new(&mut self, key: Key, value: V) -> Slot {
+        let hash = hash_of(&key);
+        let s = if self.free == NONE {
+            let s = Slot::try_from(self.slab.len()).expect("fewer than 2³² keys");
+            assert!(s != NONE, "fewer than 2³² - 1 keys");
+            self.slab.push(Entry::Taken(key, value));
+            s
+        } else {
+            let s = self.free;
+            let Entry::Vacant(next) = self.slab[s as usize] else {
+                unreachable!("the free list holds vacant slots")
+            };
+            self.free = next;
+            self.slab[s as usize] = Entry::Taken(key, value);
+            s
+        };
+        let slab = &self.slab;
+        self.index
+            .insert_unique(hash, s, |&t| slab[t as usize].key().map_or(0, hash_of));
+        self.len += 1;
+        s
+    }
+
+    pub fn remove(&mut self, key: &Key) -> Option<V> {
+        let s = self.slot_of(key)?;
+        self.remove_slot(s)
+    }
+
+    /// Empties slot `s`, returning its entry.
+    pub fn remove_slot(&mut self, s: Slot) -> Option<V> {
+        let key = self.slab.get(s as usize)?.key()?;
+        let hash = hash_of(key);
+        if let Ok(found) = self.index.find_entry(hash, |&t| t == s) {
+            found.remove();
+        }
+        let old = std::mem::replace(&mut self.slab[s as usize], Entry::Vacant(self.free));
+        self.free = s;
+        self.len -= 1;
+        match old {
+            Entry::Taken(_, v) => Some(v),
+            Entry::Vacant(_) => None,
+        }
+    }
+
+    /// Keeps the entries for which `keep` says yes.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Key, &mut V) -> bool) {
+        for s in 0..self.slab.len() {
+            let gone = match &mut self.slab[s] {
+                Entry::Taken(k, v) => !keep(k, v),
+                Entry::Vacant(_) => false,
+            };
+            if gone {
+                self.remove_slot(s as Slot);
+            }
+        }
+    }
+
+    /// Every key with its slot and entry, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (Slot, &Key, &V)> {
+        self.slab.iter().enumerate().filter_map(|(s, e)| match e {
+            Entry::Taken(k, v) => Some((s as Slot, k, v)),
+            Entry::Vacant(_) => None,
+        })
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, _, v)| v)
+    }
+
+    /// The entries, taken out of the map.
+    pub fn into_entries(self) -> impl Iterator<Item = (Key, V)> {
+        self.slab.into_iter().filter_map(|e| match e {
+            Entry::Taken(k, v) => Some((k, v)),
+            Entry::Vacant(_) => None,
+        })
+    }
+}
+
+impl<V> Entry<V> {
+    #[inline]
+    fn key(&self) -> Option<&Key> {
+        match self {
+            Entry::Taken(k, _) => Some(k),
+            Entry::Vacant(_) => None,
+        }
+    }
+}
+
+impl<V> FromIterator<(Key, V)> for KeyMap<V> {
+    fn from_iter<I: IntoIterator<Item = (Key, V)>>(iter: I) -> KeyMap<V> {
+        let mut map = KeyMap::default();
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+impl<V: fmt::Debug> fmt::Debug for KeyMap<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(_, k, v)| (k, v)))
+            .finish()
+    }
+}
+
+/// Saved as a map from key to entry, as the hash map before it was.
+impl<V: Serialize> Serialize for KeyMap<V> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter().map(|(_, k, v)| (k, v)))
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for KeyMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KeyMap<V>, D::Error> {
+        struct Entries<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Entries<V> {
+            type Value = KeyMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from key to runs")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<KeyMap<V>, A::Error> {
+                let mut map = KeyMap::default();
+                while let Some((k, v)) = m.next_entry::<Key, V>()? {
+                    map.insert(k, v);
+                }
+                Ok(map)
+            }
+        }
+        d.deserialize_map(Entries(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        /// Whatever the inserts and removes, the map holds what a
+        /// `BTreeMap` holds, every key keeps its slot while present, and
+        /// slots are reused rather than the slab growing past the most
+        /// keys ever held at once.
+        #[test]
+        fn behaves_as_a_map(ops in prop::collection::vec((0u8..24, 0u8..3, any::<u16>()), 0..200)) {
+            let mut map: KeyMap<u16> = KeyMap::default();
+            let mut model: BTreeMap<Key, u16> = BTreeMap::new();
+            let mut slots: BTreeMap<Key, Slot> = BTreeMap::new();
+            let mut most = 0;
+            for (k, op, v) in ops {
+                let key = Key::new(&format!("key-{k}"));
+                match op {
+                    0 => {
+                        let (s, e) = map.get_or_insert_with(&key, || v);
+                        let e = *e;
+                        let want = *model.entry(key.clone()).or_insert(v);
+                        prop_assert_eq!(e, want);
+                        prop_assert_eq!(*slots.entry(key).or_insert(s), s);
+                    }
+                    1 => {
+                        prop_assert_eq!(map.remove(&key), model.remove(&key));
+                        slots.remove(&key);
+                    }
+                    _ => {
+                        map.retain(|_, e| *e % 2 == 0);
+                        model.retain(|_, e| *e % 2 == 0);
+                        slots.retain(|k, _| model.contains_key(k));
+                    }
+                }
+                most = most.max(model.len());
+                prop_assert_eq!(map.len(), model.len());
+                prop_assert!(map.slab.len() <= most);
+                for (k, v) in &model {
+                    prop_assert_eq!(map.get(k), Some(v));
+                    prop_assert_eq!(map.slot_of(k), slots.get(k).copied());
+                }
+                let listed: BTreeMap<Key, u16> = map.iter().map(|(_, k, v)| (k.clone(), *v)).collect();
+                prop_assert_eq!(&listed, &model);
+            }
+        }
+    }
+
+    #[test]
+    fn saved_as_a_map() {
+        let map: KeyMap<u32> = [(Key::new("a"), 1), (Key::new("b"), 2)]
+            .into_iter()
+            .collect();
+        let json = serde_json::to_string(&map).unwrap();
+        let back: KeyMap<u32> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.get(&Key::new("b")), Some(&2));
+        assert_eq!(back.len(), 2);
+        let as_map: BTreeMap<String, u32> = serde_json::from_str(&json).unwrap();
+        assert_eq!(as_map.len(), 2);
+    }
+}
