@@ -8,9 +8,11 @@
 //! are fields or constants are borrowed, never cloned.
 
 mod bindings;
+mod bound_event;
 mod lookback;
 
 pub use bindings::Bindings;
+pub use bound_event::BoundEvent;
 pub use lookback::{longest_window, uses_since_previous};
 
 use std::borrow::Cow;
@@ -20,7 +22,7 @@ use regex_automata::meta::Regex;
 
 use crate::dsl::ast::{self, BinaryOp, ExprKind, IsTest, Literal, Span, UnaryOp};
 use crate::dsl::Diagnostic;
-use crate::event::{Event, FieldTable, Key, Slots};
+use crate::event::{Event, FieldTable, Key};
 use crate::history::{self, HistoryPlan, KeyHistory};
 use crate::value::Value;
 
@@ -89,31 +91,6 @@ pub struct Binding {
     /// Position of the event among its key's events.
     pub pos: u64,
     pub event: BoundEvent,
-}
-
-/// An event as a run keeps it: what conditions, outputs and alert ids read
-/// of it. Not its key (the run's key is the key), and held in the binding
-/// itself rather than shared: a run that waits holds one allocation for
-/// its binding and the event (112 bytes) instead of two (208), and an event
-/// offered to runs is no longer put behind a shared pointer first.
-/// (Checkpoints written before carry the key too; it is ignored.)
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BoundEvent {
-    pub time: i64,
-    pub slots: Slots,
-    pub hash: u64,
-    pub raw: Option<Arc<serde_json::Value>>,
-}
-
-impl BoundEvent {
-    pub fn of(ev: &Event) -> BoundEvent {
-        BoundEvent {
-            time: ev.time,
-            slots: ev.slots.clone(),
-            hash: ev.hash,
-            raw: ev.raw.clone(),
-        }
-    }
 }
 
 /// The bindings of an event no run has taken yet.
@@ -215,7 +192,7 @@ impl CExpr {
                 env.bindings
                     .newest_first()
                     .find(|b| b.var == *v)
-                    .map_or(&MISSING, |b| &b.event.slots[*s as usize]),
+                    .map_or(&MISSING, |b| b.event.slot(*s)),
             ),
             CExpr::Time(None) => Owned(env.current.map_or(Value::Missing, |e| Value::Int(e.time))),
             CExpr::Time(Some(v)) => Owned(
@@ -356,12 +333,46 @@ fn arithmetic(op: BinaryOp, a: &Value, b: &Value) -> Value {
     }
 }
 
+/// By variable: whether one of `exprs` reads a field of an event the
+/// variable bound (`a.amount`, `avg(a.amount)`; not its time or count).
+pub fn reads_bound_fields<'a>(vars: usize, exprs: impl Iterator<Item = &'a CExpr>) -> Vec<bool> {
+    fn mark(e: &CExpr, read: &mut [bool]) {
+        match e {
+            CExpr::VarField(v, _) | CExpr::Agg(_, v, Some(_)) => read[*v as usize] = true,
+            CExpr::Const(_)
+            | CExpr::Field(_)
+            | CExpr::FieldCmpNum(..)
+            | CExpr::Time(_)
+            | CExpr::Agg(_, _, None)
+            | CExpr::History(_)
+            | CExpr::SincePrevious(_)
+            | CExpr::Info(_) => {}
+            CExpr::Not(x)
+            | CExpr::Neg(x)
+            | CExpr::Matches(x, _)
+            | CExpr::Is(x, ..)
+            | CExpr::Call(_, x) => mark(x, read),
+            CExpr::Bin(_, l, r) => {
+                mark(l, read);
+                mark(r, read);
+            }
+            CExpr::In(x, set, _) => {
+                mark(x, read);
+                set.iter().for_each(|e| mark(e, read));
+            }
+        }
+    }
+    let mut read = vec![false; vars];
+    exprs.for_each(|e| mark(e, &mut read));
+    read
+}
+
 fn aggregate(f: AggFunc, var: VarId, slot: Option<u32>, bindings: &Bindings) -> Value {
     // Oldest first, as written: sums of floats depend on the order.
     let of_var: smallvec::SmallVec<[&Binding; 8]> =
         bindings.newest_first().filter(|b| b.var == var).collect();
     let mut values = of_var.into_iter().rev().map(|b| match slot {
-        Some(s) => b.event.slots[s as usize].clone(),
+        Some(s) => b.event.slot(s).clone(),
         None => Value::Int(b.event.time),
     });
     match f {

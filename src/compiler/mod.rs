@@ -86,6 +86,10 @@ pub struct Inner {
     /// key is in the same state (see `dominance`: it could never be
     /// reported).
     pub dominated: Vec<bool>,
+    /// By variable: whether a condition or an output reads the fields of
+    /// an event the variable bound; a bound event keeps its fields only
+    /// then ([`BoundEvent`]).
+    pub reads_fields: Vec<bool>,
     pub start: NodeId,
     pub fields: FieldTable,
     /// What is kept of each key's past ([`crate::history`]); empty for
@@ -312,8 +316,16 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
             .iter()
             .map(|(k, v)| (k.name.clone(), v.clone()))
             .collect(),
-        vars,
         dominated: dominance::dominated_nodes(skip, &conditions, &built.nodes),
+        reads_fields: expr::reads_bound_fields(
+            vars.len(),
+            conditions
+                .iter()
+                .flatten()
+                .chain(emit.iter().map(|(_, e)| e))
+                .chain(on_timeout.iter().flatten().map(|(_, e)| e)),
+        ),
+        vars,
         conditions,
         states: built.states,
         nodes: built.nodes,

@@ -116,12 +116,7 @@ pub fn build(
     let events = include_events.then(|| {
         let mut by_var: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
         for b in &bindings {
-            let doc = b
-                .event
-                .raw
-                .as_deref()
-                .cloned()
-                .unwrap_or(serde_json::Value::Null);
+            let doc = b.event.raw().cloned().unwrap_or(serde_json::Value::Null);
             by_var
                 .entry(a.vars[b.var as usize].name.clone())
                 .or_default()

@@ -12,7 +12,7 @@
 //! bound to `a`), which is the list's natural order; alerts and aggregates,
 //! which want the oldest first, collect the list once.
 
-use std::sync::Arc;
+use triomphe::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -138,13 +138,18 @@ mod tests {
         Binding {
             var,
             pos,
-            event: BoundEvent {
-                time: pos as i64,
-                slots: Slots::from_fn(0, |_| unreachable!()),
-                hash: pos,
-                raw: None,
-            },
+            event: BoundEvent::new(pos as i64, pos, Slots::from_fn(0, |_| unreachable!()), None),
         }
+    }
+
+    #[test]
+    fn a_link_is_56_bytes() {
+        // With glibc's 8-byte header, a 64-byte allocation per binding: the
+        // largest part of a waiting key (BENCHMARKS.md, "Memory per key").
+        assert_eq!(
+            std::mem::size_of::<Link>() + std::mem::size_of::<usize>(),
+            56
+        );
     }
 
     #[test]

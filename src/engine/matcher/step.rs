@@ -158,7 +158,7 @@ impl Step<'_> {
                 let bindings = run.bindings.with(Binding {
                     var: *var,
                     pos,
-                    event: BoundEvent::of(ev),
+                    event: BoundEvent::of(ev, a.reads_fields[*var as usize]),
                 });
                 let taken = Run {
                     node: *target,
