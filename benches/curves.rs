@@ -20,7 +20,8 @@
 //! A point runs in its own engine; memory is freed between points.
 //!
 //! Run: `cargo bench --bench curves` (about two minutes; `CURVES=keys` or
-//! `window` or `burst` runs one).
+//! `window` or `burst` runs one; `CURVE_KEYS=1000,10000000` and
+//! `CURVE_WINDOWS=1m,24h` choose the points).
 
 use std::time::{Duration, Instant};
 
@@ -108,7 +109,8 @@ impl Stream for Cards {
 
 fn window_curve() {
     let mut curve = Curve::new("window: `small then large within W`, 2M card events on 100k keys");
-    for w in ["1m", "10m", "1h", "6h", "24h"] {
+    let windows = std::env::var("CURVE_WINDOWS").unwrap_or_else(|_| "1m,10m,1h,6h,24h".into());
+    for w in windows.split(',') {
         let ns = median_ns(&pattern(w, "then"), || Cards {
             keys: 100_000,
             events: 2_000_000,
@@ -153,6 +155,11 @@ end";
     }
 }
 
+/// The reorder buffer's lateness (`CURVE_LATENESS_MS`, default 0).
+fn lateness_ms() -> i64 {
+    std::env::var("CURVE_LATENESS_MS").map_or(0, |v| v.parse().expect("a number of ms"))
+}
+
 /// Median over three runs of the nanoseconds per event.
 fn median_ns<S: Stream>(src: &str, stream: impl Fn() -> S) -> f64 {
     let automata = compile_source("curve.cep", src).expect("the curve's pattern compiles");
@@ -171,7 +178,11 @@ fn run<S: Stream>(automata: &[Automaton], mut stream: S) -> f64 {
         .position(|p| p == &["amount".to_string()])
         .expect("the pattern reads amount");
     let slots = automata[0].fields.paths.len();
-    let mut engine = Engine::new(automata.to_vec(), EngineConfig::default());
+    let config = EngineConfig {
+        lateness_ms: lateness_ms(),
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(automata.to_vec(), config);
     let mut out = Output::default();
     let mut names: Vec<String> = Vec::new();
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);

@@ -53,6 +53,10 @@ enum Entry<V> {
 
 const NONE: Slot = Slot::MAX;
 
+/// Entries from which [`KeyMap::prefetch`] fetches: about 1 MiB of them,
+/// one core's L2 cache here.
+const PREFETCH_FROM: usize = 10_000;
+
 /// The table's hash of a key: its stored hash mixed once more, so that
 /// both the bucket (low bits) and the table's tag (high bits) spread.
 #[inline]
@@ -87,14 +91,34 @@ impl<V> KeyMap<V> {
             .copied()
     }
 
-    #[inline]
-    pub fn contains_key(&self, key: &Key) -> bool {
-        self.slot_of(key).is_some()
-    }
-
     pub fn get(&self, key: &Key) -> Option<&V> {
         let s = self.slot_of(key)?;
         self.at(s).map(|(_, v)| v)
+    }
+
+    /// Starts fetching the entry of `key` into the cache, for an event
+    /// that comes a few events later (see [`super::PatternState`]'s
+    /// release loop). The slot is the first whose tag matches, without
+    /// comparing keys: comparing would read the very entry being fetched.
+    /// A wrong guess (a tag shared by another key, one in 128) only costs
+    /// a useless fetch.
+    #[inline]
+    pub fn prefetch(&self, key: &Key) {
+        // A small map stays in cache by itself; the lookup would be waste.
+        if self.slab.len() < PREFETCH_FROM {
+            return;
+        }
+        let Some(&s) = self.index.find(hash_of(key), |_| true) else {
+            return;
+        };
+        if let Some(entry) = self.slab.get(s as usize) {
+            let at = entry as *const Entry<V> as *const u8;
+            // An entry can straddle three cache lines.
+            let size = std::mem::size_of::<Entry<V>>();
+            prefetch(at);
+            prefetch(at.wrapping_add(size / 2));
+            prefetch(at.wrapping_add(size - 1));
+        }
     }
 
     /// The key and entry in slot `s`, if the slot is taken.
@@ -118,7 +142,20 @@ impl<V> KeyMap<V> {
     /// key is copied only then).
     #[inline]
     pub fn get_or_insert_with(&mut self, key: &Key, new: impl FnOnce() -> V) -> (Slot, &mut V) {
-        let s = match self.slot_of(key) {
+        self.found_or_insert(self.slot_of(key), key, new)
+    }
+
+    /// As [`KeyMap::get_or_insert_with`], with the slot [`KeyMap::slot_of`]
+    /// found for `key` already in hand (one lookup per event, not two).
+    #[inline]
+    pub fn found_or_insert(
+        &mut self,
+        found: Option<Slot>,
+        key: &Key,
+        new: impl FnOnce() -> V,
+    ) -> (Slot, &mut V) {
+        debug_assert_eq!(found, self.slot_of(key));
+        let s = match found {
             Some(s) => s,
             None => self.insert_new(key.clone(), new()),
         };
@@ -215,6 +252,20 @@ impl<V> KeyMap<V> {
             Entry::Vacant(_) => None,
         })
     }
+}
+
+/// Asks the processor to bring the cache line holding `at` closer.
+#[inline(always)]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing the program sees and
+    // never faults, whatever the address (here always inside the slab).
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 impl<V> Entry<V> {
@@ -320,6 +371,22 @@ mod tests {
                 prop_assert_eq!(&listed, &model);
             }
         }
+    }
+
+    #[test]
+    fn prefetching_changes_nothing() {
+        let keys: Vec<Key> = (0..PREFETCH_FROM * 2)
+            .map(|n| Key::new(&format!("k{n}")))
+            .collect();
+        let mut map: KeyMap<usize> = keys.iter().cloned().zip(0..).collect();
+        for k in keys.iter().step_by(3) {
+            map.remove(k);
+        }
+        let before = format!("{map:?}");
+        for k in keys.iter().chain([&Key::new("absent")]) {
+            map.prefetch(k);
+        }
+        assert_eq!(format!("{map:?}"), before);
     }
 
     #[test]

@@ -328,6 +328,12 @@ impl<H: HistorySlot> Matcher<H> {
             .collect();
     }
 
+    /// Starts fetching the entry of `key`, whose event comes soon.
+    #[inline]
+    pub fn prefetch(&self, key: &Key) {
+        self.keys.prefetch(key);
+    }
+
     /// Offers one event, in event-time order for its key.
     #[inline]
     pub fn on_event(&mut self, a: &Automaton, ev: Event, lim: Limits, out: &mut Vec<Alert>) {
@@ -339,16 +345,14 @@ impl<H: HistorySlot> Matcher<H> {
         // Every event of a key goes into its history; without one, an event
         // that starts nothing for a key without runs changes nothing.
         let records = !a.history.is_empty() && lim.start_runs;
-        if !records
-            && !self.keys.contains_key(&ev.key)
-            && (!lim.start_runs || !can_start(a, &ev, None))
-        {
+        let found = self.keys.slot_of(&ev.key);
+        if !records && found.is_none() && (!lim.start_runs || !can_start(a, &ev, None)) {
             if traced {
                 self.note_not_started(start_refusals(a, &ev, None));
             }
             return;
         }
-        let (slot, ks) = self.keys.get_or_insert_with(&ev.key, KeyRuns::default);
+        let (slot, ks) = self.keys.found_or_insert(found, &ev.key, KeyRuns::default);
         if records && ks.history.is_none() {
             ks.history.set(Some(KeyHistory::new(&a.history)));
         }

@@ -66,6 +66,10 @@ impl Default for EngineConfig {
     }
 }
 
+/// How many events ahead of the one leaving the reorder buffer the key
+/// map is asked to fetch an entry (see [`PatternState::release`]).
+const PREFETCH_AHEAD: usize = 16;
+
 /// The mutable state of one pattern.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PatternState {
@@ -86,12 +90,27 @@ pub struct PatternState {
 impl PatternState {
     /// Feeds the events the watermark has passed to the matcher, fires the
     /// deadlines up to `until`, and keeps a shadow pattern's alerts (those
+    /// Offers the matcher every buffered event the watermark has passed.
+    /// Inlined: this is the per-event path, and as a call it measured 20 %
+    /// slower in `engine/small_then_large`.
+    #[inline(always)]
+    fn release_ready(&mut self, a: &Automaton, lim: Limits, out: &mut Output) {
+        while let Some(ev) = self.buffer.pop_ready() {
+            // The key of an event a few places back in the queue is
+            // fetched now, so that its entry is in cache when it leaves.
+            if let Some(soon) = self.buffer.ahead(PREFETCH_AHEAD) {
+                self.matcher.prefetch(&soon.key);
+            }
+            self.matcher.on_event(a, ev, lim, &mut out.alerts);
+        }
+    }
+
+    /// Feeds the events the watermark has passed to the matcher, fires the
+    /// deadlines up to `until`, and keeps a shadow pattern's alerts (those
     /// after `mark`) out of the output, counting them.
     #[inline]
     fn release(&mut self, a: &Automaton, until: i64, lim: Limits, out: &mut Output, mark: usize) {
-        while let Some(ev) = self.buffer.pop_ready() {
-            self.matcher.on_event(a, ev, lim, &mut out.alerts);
-        }
+        self.release_ready(a, lim, out);
         self.matcher.advance(a, until, lim, &mut out.alerts);
         if a.shadow {
             self.shadow_alerts += (out.alerts.len() - mark) as u64;
@@ -539,11 +558,7 @@ impl Engine {
                 None => st.buffer.insert(ev.time, ev),
             },
         }
-        // `PatternState::release`, written out: this is the per-event path
-        // and the call measured 20 % slower in `engine/small_then_large`.
-        while let Some(ev) = st.buffer.pop_ready() {
-            st.matcher.on_event(a, ev, lim, &mut out.alerts);
-        }
+        st.release_ready(a, lim, out);
         st.matcher
             .advance(a, st.buffer.watermark(), lim, &mut out.alerts);
         if a.shadow {

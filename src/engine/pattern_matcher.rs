@@ -110,6 +110,11 @@ impl PatternMatcher {
         each!(self, m => m.keep_only_runs())
     }
 
+    #[inline]
+    pub fn prefetch(&self, key: &Key) {
+        each!(self, m => m.prefetch(key))
+    }
+
     pub fn rebuild_timers(&mut self) {
         each!(self, m => m.rebuild_timers())
     }

@@ -182,6 +182,13 @@ impl<T> ReorderBuffer<T> {
         }
     }
 
+    /// The item `n` places behind the front of the in-order queue (what
+    /// leaves `n` items later, unless one overtakes it from the heap).
+    #[inline]
+    pub fn ahead(&self, n: usize) -> Option<&T> {
+        self.in_order.get(n).map(|p| &p.item)
+    }
+
     /// The earliest item the watermark has passed, if any.
     pub fn pop_ready(&mut self) -> Option<T> {
         let from_queue = match (self.in_order.front(), self.heap.peek()) {
