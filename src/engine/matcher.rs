@@ -1,6 +1,6 @@
 //! Runs: the per-key state of one pattern, and how an event moves it.
 //!
-//! A [`Run`] is a partial match: the wait point ([`Node`]) it is at, which of
+//! A [`Run`] is a partial match: the wait point ([`crate::compiler::Node`]) it is at, which of
 //! the node's entries are still alive, and the events bound so far. Every key
 //! keeps its runs in the order they started. An event, offered in event-time
 //! order, is first used to expire runs whose window has closed, then offered
