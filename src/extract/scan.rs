@@ -141,19 +141,18 @@ impl<'t, 'x> Scan<'t, 'x> {
 
     /// Scans one value; `node` is the trie node it sits at (`None`: no
     /// registered path goes through it, so it is only checked).
+    ///
+    /// Inlined into the object and array loops, where most values are
+    /// strings and numbers; only a nested object or array calls out (as a
+    /// call, the big function's prologue and epilogue ran for every member:
+    /// `cep replay` of the peer file 3.2 → 3.35 M events/s, same run).
+    #[inline(always)]
     pub(super) fn value(&mut self, node: Option<usize>) -> Result<(), Bad> {
         self.skip_ws();
         let capture = node.and_then(|n| self.ex.nodes[n].capture);
         let start = self.pos as u32;
         let found = match self.peek() {
-            Some(b'{') => {
-                self.nested(|s| s.object(node))?;
-                Found::Composite(start, self.pos as u32)
-            }
-            Some(b'[') => {
-                self.nested(|s| s.array(node))?;
-                Found::Composite(start, self.pos as u32)
-            }
+            Some(b'{' | b'[') => self.composite(node, start)?,
             Some(b'"') => match self.string()? {
                 Scanned::Text(a, b) => Found::Str(a as u32, b as u32),
                 Scanned::Unescaped(a, b) => Found::Unescaped(a as u32, b as u32),
@@ -169,6 +168,17 @@ impl<'t, 'x> Scan<'t, 'x> {
             self.out.found[c] = found;
         }
         Ok(())
+    }
+
+    /// An object or array (at its opening bracket), scanned through.
+    #[inline(never)]
+    fn composite(&mut self, node: Option<usize>, start: u32) -> Result<Found, Bad> {
+        if self.peek() == Some(b'{') {
+            self.nested(|s| s.object(node))?;
+        } else {
+            self.nested(|s| s.array(node))?;
+        }
+        Ok(Found::Composite(start, self.pos as u32))
     }
 
     fn nested(&mut self, scan: impl FnOnce(&mut Self) -> Result<(), Bad>) -> Result<(), Bad> {
