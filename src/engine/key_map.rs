@@ -108,9 +108,21 @@ impl<V> KeyMap<V> {
         if self.slab.len() < PREFETCH_FROM {
             return;
         }
-        let Some(&s) = self.index.find(hash_of(key), |_| true) else {
-            return;
-        };
+        if let Some(&s) = self.index.find(hash_of(key), |_| true) {
+            self.fetch(s);
+        }
+    }
+
+    /// Starts fetching the entry in slot `s` (a timer's key, due soon).
+    #[inline]
+    pub fn prefetch_slot(&self, s: Slot) {
+        if self.slab.len() >= PREFETCH_FROM {
+            self.fetch(s);
+        }
+    }
+
+    #[inline]
+    fn fetch(&self, s: Slot) {
         if let Some(entry) = self.slab.get(s as usize) {
             let at = entry as *const Entry<V> as *const u8;
             // An entry can straddle three cache lines.

@@ -485,6 +485,11 @@ impl<H: HistorySlot> Matcher<H> {
 
     fn fire(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
         while let Some(deadline) = self.timers.next_deadline().filter(|&d| d <= watermark) {
+            // As for events (see `PatternState::release_ready`): the key of
+            // a timer due soon is fetched now.
+            if let Some(soon) = self.timers.ahead(TIMERS_AHEAD) {
+                self.keys.prefetch_slot(soon);
+            }
             for slot in self.due_at(deadline) {
                 self.fire_slot(a, slot, deadline, watermark, lim, out);
             }
@@ -570,6 +575,9 @@ impl<H: HistorySlot> Matcher<H> {
         }
     }
 }
+
+/// How far ahead in the timer queue a key's entry is fetched.
+const TIMERS_AHEAD: usize = 16;
 
 /// What a key waits for after a change.
 enum Next {

@@ -45,6 +45,13 @@ impl Timers {
         }
     }
 
+    /// The slot of the timer `n` places behind the front of the in-order
+    /// queue (one that fires soon, unless others overtake it).
+    #[inline]
+    pub fn ahead(&self, n: usize) -> Option<Slot> {
+        self.in_order.get(n).map(|&(_, s)| s)
+    }
+
     /// Takes the earliest (deadline, slot).
     pub fn pop(&mut self) -> Option<(i64, Slot)> {
         let from_queue = match (self.in_order.front(), self.heap.peek()) {
