@@ -15,6 +15,7 @@
 //! drive it directly, and the service will drive it from Kafka.
 
 pub mod alert;
+mod decode;
 mod history_slot;
 mod key_map;
 pub mod matcher;
@@ -30,12 +31,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::Automaton;
-use crate::event::{lookup, parse_time, DecodeError, Event, Key, Slots, KEY_SEPARATOR};
+use crate::event::{DecodeError, Event, Key};
 use crate::extract::{Captures, Extractor, Field};
 use crate::time::{Admit, ReorderBuffer};
 use crate::value::Value;
 
 pub use alert::{Alert, AlertKind};
+use decode::decode_parts;
+pub use decode::{decode, decode_with, FieldRef};
 pub use matcher::{KeyChange, KeyRuns, Limits, MatchStats, Matcher};
 use pattern_matcher::PatternMatcher;
 
@@ -210,11 +213,58 @@ pub struct Engine {
     /// The captured fields' values of the record at hand, by capture.
     values: Vec<Value>,
     /// The captures some pattern keeps in an event slot.
-    slot_captures: Vec<usize>,
+    slot_captures: SlotCaptures,
     /// The columns of the last CSV header seen, as captures.
     csv_columns: Option<(Arc<[String]>, Columns)>,
     /// List changed keys for [`Engine::take_changes`].
     track_changes: bool,
+}
+
+/// The captures patterns keep in event slots: those of every pattern (a
+/// record of no named stream goes to all), and those of each stream's
+/// patterns, so that a record decodes only what the patterns it goes to
+/// read.
+struct SlotCaptures {
+    all: Vec<usize>,
+    by_stream: Vec<(String, Vec<usize>)>,
+}
+
+impl SlotCaptures {
+    fn new(patterns: &[(Automaton, PatternState)], fields: &[CaptureSlots]) -> SlotCaptures {
+        let of = |pick: &dyn Fn(&Automaton) -> bool| {
+            let mut captures: Vec<usize> = patterns
+                .iter()
+                .zip(fields)
+                .filter(|((a, _), _)| pick(a))
+                .flat_map(|(_, f)| f.slots.iter().copied())
+                .collect();
+            captures.sort_unstable();
+            captures.dedup();
+            captures
+        };
+        let mut streams: Vec<&str> = patterns.iter().map(|(a, _)| a.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        SlotCaptures {
+            all: of(&|_| true),
+            by_stream: streams
+                .into_iter()
+                .map(|s| (s.to_string(), of(&|a| a.stream == s)))
+                .collect(),
+        }
+    }
+
+    /// The captures to decode for a record of `stream`.
+    fn of(&self, stream: Option<&str>) -> &[usize] {
+        match stream {
+            None => &self.all,
+            Some(s) => self
+                .by_stream
+                .iter()
+                .find(|(name, _)| name == s)
+                .map_or(&[], |(_, c)| c),
+        }
+    }
 }
 
 /// The capture each column of a CSV header fills, if any.
@@ -257,12 +307,7 @@ impl Engine {
                 slots: a.fields.paths.iter().map(|p| extractor.add(p)).collect(),
             })
             .collect();
-        let mut slot_captures: Vec<usize> = fields
-            .iter()
-            .flat_map(|f: &CaptureSlots| f.slots.iter().copied())
-            .collect();
-        slot_captures.sort_unstable();
-        slot_captures.dedup();
+        let slot_captures = SlotCaptures::new(&patterns, &fields);
         Engine {
             config,
             patterns,
@@ -429,9 +474,10 @@ impl Engine {
         // patterns read the same cells; one allocation each per pattern
         // was a fifth of matching the year).
         let mut values = std::mem::take(&mut self.values);
-        // Only the slot captures are read, and each is overwritten here.
+        // Only the slot captures of the patterns the record goes to are
+        // read, and each of them is overwritten here.
         values.resize(self.extractor.len(), Value::Missing);
-        for &c in &self.slot_captures {
+        for &c in self.slot_captures.of(stream) {
             values[c] = caps.get(text, c).map_or(Value::Missing, Field::to_value);
         }
         let mut newest = None;
@@ -640,107 +686,4 @@ impl Engine {
     pub fn draining(&self) -> bool {
         self.patterns.iter().any(|(_, st)| st.draining)
     }
-}
-
-/// A field a pattern reads, as [`decode_with`] asks for it.
-#[derive(Clone, Copy, Debug)]
-pub enum FieldRef {
-    /// The `n`th key path.
-    Key(usize),
-    Time,
-    /// Slot `n` of the pattern's field table.
-    Slot(usize),
-}
-
-/// Decodes a document for one pattern: key, event time and slots.
-pub fn decode(
-    a: &Automaton,
-    doc: &serde_json::Value,
-    hash: u64,
-    raw: Option<Arc<serde_json::Value>>,
-) -> Result<Event, DecodeError> {
-    decode_with(
-        a,
-        |f| match f {
-            FieldRef::Key(n) => lookup(doc, &a.key_paths[n]).map(Field::of_json),
-            FieldRef::Time => lookup(doc, &a.time.field.segments).map(Field::of_json),
-            FieldRef::Slot(n) => lookup(doc, &a.fields.paths[n]).map(Field::of_json),
-        },
-        hash,
-        raw,
-    )
-}
-
-/// Decodes an event from wherever `get` finds the pattern's fields (a parsed
-/// document, or values an [`Extractor`] captured from JSON text).
-pub fn decode_with<'v>(
-    a: &Automaton,
-    get: impl Fn(FieldRef) -> Option<Field<'v>>,
-    hash: u64,
-    raw: Option<Arc<serde_json::Value>>,
-) -> Result<Event, DecodeError> {
-    let rec = Record {
-        hash,
-        ..Record::default()
-    };
-    let slot = |n| get(FieldRef::Slot(n)).map_or(Value::Missing, Field::to_value);
-    decode_parts(a, &get, slot, &rec, raw)
-}
-
-/// One key field as text (a number's decimal form; null and absent are
-/// errors).
-fn key_text(field: Option<Field>, path: &[String]) -> Result<String, DecodeError> {
-    let mut text = String::new();
-    match field {
-        Some(f) if f.push_key_text(&mut text) => Ok(text),
-        _ => Err(DecodeError(format!(
-            "missing key field `{}`",
-            path.join(".")
-        ))),
-    }
-}
-
-/// [`decode_with`], taking key and time from `rec` where it carries them.
-fn decode_parts<'v>(
-    a: &Automaton,
-    get: impl Fn(FieldRef) -> Option<Field<'v>>,
-    slot_value: impl Fn(usize) -> Value,
-    rec: &Record,
-    raw: Option<Arc<serde_json::Value>>,
-) -> Result<Event, DecodeError> {
-    let hash = rec.hash;
-    let key = if let Some(k) = rec.key {
-        Key::new(k)
-    } else if let [only] = &a.key_paths[..] {
-        match get(FieldRef::Key(0)) {
-            Some(Field::Str(s)) => Key::new(s),
-            other => Key::new(&key_text(other, only)?),
-        }
-    } else {
-        let mut text = String::new();
-        for (n, p) in a.key_paths.iter().enumerate() {
-            if n > 0 {
-                text.push(KEY_SEPARATOR);
-            }
-            text.push_str(&key_text(get(FieldRef::Key(n)), p)?);
-        }
-        Key::new(&text)
-    };
-    let time = match rec.time {
-        Some(t) => t,
-        None => {
-            let tv = get(FieldRef::Time).ok_or_else(|| {
-                DecodeError(format!("missing time field `{}`", a.time.field.dotted()))
-            })?;
-            parse_time(tv, &a.time.format).map_err(DecodeError)?
-        }
-    };
-    let slots = Slots::from_fn(a.fields.paths.len(), slot_value);
-    Ok(Event {
-        time,
-        key,
-        slots,
-        hash,
-        raw,
-    })
 }
