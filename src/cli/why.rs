@@ -4,7 +4,7 @@
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use super::push;
+use super::replay::push;
 use crate::compiler::load_patterns;
 use crate::engine::{Engine, Output};
 use crate::input::{self, Format};

@@ -1,0 +1,310 @@
+//! `cep replay`: a file of records through the patterns, alerts on stdout,
+//! late events and dead letters to their files, and a summary on stderr.
+
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::compiler::load_patterns;
+use crate::engine::{Engine, EngineConfig, Output};
+use crate::input::{self, Format, Payload};
+
+pub(super) struct ReplayArgs<'a> {
+    pub(super) patterns: &'a Path,
+    pub(super) input: &'a str,
+    pub(super) format: Format,
+    pub(super) stream: Option<&'a str>,
+    pub(super) config: EngineConfig,
+    pub(super) null: &'a [String],
+    pub(super) late: Option<&'a Path>,
+    pub(super) dead_letter: Option<&'a Path>,
+    pub(super) keep_open: bool,
+}
+
+pub(super) fn replay(args: &ReplayArgs) -> Result<i32, String> {
+    let automata = load_patterns(args.patterns)?;
+    let mut engine = Engine::new(automata, args.config);
+    let (records, len) = input::open(args.input, args.format, args.null)
+        .map_err(|e| format!("{}: {e}", args.input))?;
+    let bar = match len {
+        Some(len) => indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {per_sec} eta {eta}",
+            )
+            .unwrap(),
+        ),
+        None => indicatif::ProgressBar::hidden(),
+    };
+    let create = |p: &Path| {
+        std::fs::File::create(p)
+            .map(BufWriter::new)
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut sides = SideOutputs {
+        late: args.late.map(create).transpose()?,
+        dead: args.dead_letter.map(create).transpose()?,
+        counts: ReplayCounts::default(),
+    };
+    let stdout = io::stdout();
+    let mut alerts_out = BufWriter::with_capacity(1 << 16, stdout.lock());
+
+    let started = Instant::now();
+    let mut out = Output::default();
+    let io_err = |e: io::Error| format!("writing output: {e}");
+    for (n, rec) in records.enumerate() {
+        let fate = match rec {
+            Ok(r) => {
+                if n % 4096 == 0 {
+                    bar.inc(r.bytes * 4096);
+                }
+                push(&mut engine, args.stream, args.input, r, &mut out)
+            }
+            Err(b) => Fate::Unreadable(b.dead_letter(args.input)),
+        };
+        sides.record(&mut out, fate).map_err(io_err)?;
+        sides.late(&mut out).map_err(io_err)?;
+        write_alerts(&mut out, &mut alerts_out).map_err(io_err)?;
+    }
+    if args.keep_open {
+        engine.drain(&mut out);
+    } else {
+        engine.flush(&mut out);
+    }
+    sides.late(&mut out).map_err(io_err)?;
+    write_alerts(&mut out, &mut alerts_out).map_err(io_err)?;
+    alerts_out.flush().map_err(io_err)?;
+    sides.flush().map_err(io_err)?;
+    let ReplayCounts {
+        events,
+        bad,
+        late,
+        rejected,
+        late_records,
+        rejected_records,
+        first_problems,
+    } = sides.counts;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+
+    let mut err = io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "replayed {events} events in {secs:.2}s ({:.0} events/s); {bad} unreadable, \
+         {rejected_records} undecodable ({rejected} pattern rejections), \
+         {late_records} late ({late} pattern-level)",
+        events as f64 / secs.max(1e-9)
+    );
+    for s in engine.stats() {
+        let _ = writeln!(
+            err,
+            "  {:<28} v{} {:>7} matches {:>6} timeouts{}{}{}{}",
+            s.pattern,
+            s.version,
+            s.matched.matches,
+            s.matched.timeouts,
+            if s.active_runs > 0 {
+                format!("  ({} runs still open)", s.active_runs)
+            } else {
+                String::new()
+            },
+            if s.shadow {
+                "  (shadow: not emitted)"
+            } else {
+                ""
+            },
+            if s.matched.runs_dropped > 0 {
+                format!(
+                    "  ({} runs dropped at the per-key cap)",
+                    s.matched.runs_dropped
+                )
+            } else {
+                String::new()
+            },
+            if s.matched.history_evictions > 0 {
+                format!(
+                    "  ({} values forgotten at the `seen in` cap)",
+                    s.matched.history_evictions
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    for p in &first_problems {
+        let _ = writeln!(err, "  problem: {p}");
+    }
+    if late > 0 && args.late.is_none() {
+        let _ = writeln!(
+            err,
+            "  {late} late events were not matched; keep them with --late FILE or raise --lateness"
+        );
+    }
+    if (bad > 0 || rejected > 0) && args.dead_letter.is_none() {
+        let _ = writeln!(
+            err,
+            "  keep unreadable and undecodable records with --dead-letter FILE"
+        );
+    }
+    Ok(0)
+}
+
+/// What became of a record in `replay`.
+pub(super) enum Fate {
+    Read,
+    /// It could not be read (not JSON, not an object, a bad CSV row).
+    Unreadable(crate::deadletter::DeadLetter),
+    /// Read, but at least one pattern could not decode it (the reasons are
+    /// in the dead letter and in the engine's output).
+    Refused(crate::deadletter::DeadLetter),
+}
+
+/// Pushes one record into the engine.
+pub(super) fn push(
+    engine: &mut Engine,
+    stream: Option<&str>,
+    input: &str,
+    r: input::Record,
+    out: &mut Output,
+) -> Fate {
+    use crate::deadletter::{DeadLetter, Origin};
+    let origin = || Origin::File {
+        input: input.to_string(),
+        line: r.line,
+    };
+    let letter = match r.payload {
+        Payload::Json(text) => {
+            if let Err(e) = engine.push_json(stream, &text, r.hash, out) {
+                return Fate::Unreadable(DeadLetter::new(origin(), &text, vec![e.0]));
+            }
+            Letter::Text(text)
+        }
+        Payload::Csv(row) => {
+            engine.push_row(stream, &row, r.hash, out);
+            Letter::Row(row)
+        }
+        Payload::Doc(doc) => {
+            let doc = Arc::new(doc);
+            engine.push(stream, &doc, r.hash, out);
+            Letter::Doc(doc)
+        }
+    };
+    if out.rejected.is_empty() {
+        return Fate::Read;
+    }
+    let reasons = out
+        .rejected
+        .iter()
+        .map(|x| format!("pattern {}: {}", x.pattern, x.reason))
+        .collect();
+    Fate::Refused(match letter {
+        Letter::Text(text) => DeadLetter::new(origin(), &text, reasons),
+        Letter::Doc(doc) => {
+            let text = serde_json::to_vec(&*doc).unwrap_or_default();
+            DeadLetter::new(origin(), &text, reasons)
+        }
+        Letter::Row(row) => {
+            let mut d = DeadLetter::new(origin(), &row.to_bytes(), reasons);
+            d.csv_header = Some(row.header.to_vec());
+            d
+        }
+    })
+}
+
+/// What a refused record's dead letter holds: its text, its document as
+/// JSON (an Avro record), or its CSV row (with the header, so that it can
+/// be read again).
+enum Letter {
+    Text(Vec<u8>),
+    Doc(Arc<serde_json::Value>),
+    Row(crate::input::CsvRow),
+}
+
+fn write_alerts(out: &mut Output, w: &mut impl Write) -> io::Result<()> {
+    for a in out.alerts.drain(..) {
+        serde_json::to_writer(&mut *w, &a)?;
+        w.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// What `replay` counts besides alerts. `late` and `rejected` count
+/// (record, pattern) pairs; the `_records` counts, records that at least one
+/// pattern found late or undecodable.
+#[derive(Default)]
+struct ReplayCounts {
+    events: u64,
+    bad: u64,
+    late: u64,
+    rejected: u64,
+    late_records: u64,
+    rejected_records: u64,
+    first_problems: Vec<String>,
+}
+
+/// The late-event and dead-letter files of a replay.
+struct SideOutputs {
+    late: Option<BufWriter<std::fs::File>>,
+    dead: Option<BufWriter<std::fs::File>>,
+    counts: ReplayCounts,
+}
+
+impl SideOutputs {
+    /// Counts what became of one record and writes its dead letter, if it
+    /// has one: one per record, whatever the number of patterns that
+    /// refused it.
+    fn record(&mut self, out: &mut Output, fate: Fate) -> io::Result<()> {
+        let c = &mut self.counts;
+        let letter = match fate {
+            Fate::Read => {
+                c.events += 1;
+                None
+            }
+            Fate::Refused(d) => {
+                c.events += 1;
+                Some(d)
+            }
+            Fate::Unreadable(d) => {
+                c.bad += 1;
+                Some(d)
+            }
+        };
+        c.late_records += u64::from(!out.late.is_empty());
+        c.rejected_records += u64::from(!out.rejected.is_empty());
+        c.rejected += out.rejected.len() as u64;
+        out.rejected.clear();
+        let Some(d) = letter else {
+            return Ok(());
+        };
+        if c.first_problems.len() < 5 {
+            if let crate::deadletter::Origin::File { line, .. } = d.origin {
+                c.first_problems
+                    .push(format!("line {line}: {}", d.reasons.join("; ")));
+            }
+        }
+        if let Some(w) = self.dead.as_mut() {
+            w.write_all(d.to_line().as_bytes())?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the late events in `out`.
+    fn late(&mut self, out: &mut Output) -> io::Result<()> {
+        self.counts.late += out.late.len() as u64;
+        for l in out.late.drain(..) {
+            if let Some(w) = self.late.as_mut() {
+                serde_json::to_writer(&mut *w, &l)?;
+                w.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        for w in [&mut self.late, &mut self.dead].into_iter().flatten() {
+            w.flush()?;
+        }
+        Ok(())
+    }
+}
