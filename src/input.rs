@@ -166,7 +166,21 @@ pub fn open(
     format: Format,
     null_values: &[String],
 ) -> io::Result<(Records, Option<u64>)> {
-    let (reader, len): (Box<dyn Read>, Option<u64>) = if path == "-" {
+    let (reader, len) = open_bytes(path)?;
+    Ok((read(reader, format, null_values)?, len))
+}
+
+/// JSON lines read in place ([`Lines`]) from `path` (`-` for stdin), and
+/// for files the total byte length.
+pub fn open_lines(path: &str) -> io::Result<(Lines<impl Read>, Option<u64>)> {
+    let (reader, len) = open_bytes(path)?;
+    Ok((Lines::new(reader), len))
+}
+
+/// The bytes of `path` (`-` for stdin; a `.zip` file's first entry), and
+/// for files their length.
+fn open_bytes(path: &str) -> io::Result<(Box<dyn Read>, Option<u64>)> {
+    Ok(if path == "-" {
         (Box::new(io::stdin()), None)
     } else if path.ends_with(".zip") {
         let mut archive = zip::ZipArchive::new(File::open(path)?).map_err(io::Error::other)?;
@@ -179,15 +193,14 @@ pub fn open(
         let f = File::open(path)?;
         let len = f.metadata()?.len();
         (Box::new(f), Some(len))
-    };
-    Ok((read(reader, format, null_values)?, len))
+    })
 }
 
 /// The records of `reader` in `format`.
 pub fn read(reader: Box<dyn Read>, format: Format, null_values: &[String]) -> io::Result<Records> {
     let lines = |r| BufReader::with_capacity(1 << 16, r);
     Ok(match format {
-        Format::JsonLines => Box::new(json_lines(lines(reader))),
+        Format::JsonLines => Box::new(json_lines(reader)),
         Format::Csv => Box::new(csv_rows(reader, null_values.into())?),
         Format::DeadLetter => Box::new(dead_letters(lines(reader), null_values.into())),
         Format::Avro => Box::new(avro_records(reader)?),
@@ -229,89 +242,148 @@ fn avro_records(
     }))
 }
 
-fn json_lines(reader: impl BufRead) -> impl Iterator<Item = Result<Record, BadRecord>> {
-    JsonLines {
-        reader,
-        line: 0,
-        partial: Vec::new(),
-    }
+fn json_lines(reader: impl Read) -> impl Iterator<Item = Result<Record, BadRecord>> {
+    let mut lines = Lines::new(reader);
+    std::iter::from_fn(move || {
+        Some(match lines.next_line()? {
+            Ok(l) => Ok(Record {
+                hash: l.hash,
+                payload: Payload::Json(l.text.to_vec()),
+                line: l.number,
+                bytes: l.bytes,
+            }),
+            Err(bad) => Err(bad),
+        })
+    })
 }
 
-/// JSON lines, each copied once out of the reader's buffer into a record
-/// of exactly its size (`BufRead::split` grows a vector per line: 14 % of
-/// `cep replay`'s instructions on short events went to reading lines).
-struct JsonLines<R> {
+/// One JSON line, borrowed from the reader's buffer ([`Lines`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Line<'a> {
+    /// The line without its end and surrounding white space.
+    pub text: &'a [u8],
+    /// [`stable_hash`] of `text`: the record's identity.
+    pub hash: u64,
+    /// 1-based line number.
+    pub number: u64,
+    /// Bytes the line took in the input, its end included (for progress).
+    pub bytes: u64,
+}
+
+/// JSON lines read in place: each line is handed out as a slice of the
+/// buffer it was read into, valid until the next call, and nothing is
+/// copied or allocated per line.
+///
+/// - `BufRead::split` grows a vector per line (14 % of `cep replay`'s
+///   instructions on short events); a copy of each line into a record of
+///   its size was still an allocation, a copy and a free per event.
+/// - It reads 128 KiB at a time into its own buffer, and finds the line
+///   ends of each read with memchr's iterator.
+pub struct Lines<R> {
     reader: R,
+    /// Bytes read and not yet handed out are `buf[start..filled]`.
+    buf: Vec<u8>,
+    start: usize,
+    filled: usize,
+    /// Where the `\n`s in `buf[start..filled]` are, in order, from `next`.
+    ends: Vec<usize>,
+    next: usize,
     line: u64,
-    /// The start of a line that crosses the end of the reader's buffer.
-    partial: Vec<u8>,
+    eof: bool,
 }
 
-impl<R: BufRead> Iterator for JsonLines<R> {
-    type Item = Result<Record, BadRecord>;
+/// What `Lines` reads at a time (and its buffer's size, unless a line is
+/// longer).
+const READ_SIZE: usize = 1 << 17;
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl<R: Read> Lines<R> {
+    pub fn new(reader: R) -> Lines<R> {
+        Lines {
+            reader,
+            buf: vec![0; READ_SIZE],
+            start: 0,
+            filled: 0,
+            ends: Vec::new(),
+            next: 0,
+            line: 0,
+            eof: false,
+        }
+    }
+
+    /// The next non-blank line (blank ones are counted in the line numbers
+    /// and skipped); `None` at the end of the input. A read error ends the
+    /// input, reported once with the bytes of the line it cut.
+    pub fn next_line(&mut self) -> Option<Result<Line<'_>, BadRecord>> {
         loop {
-            let buf = match self.reader.fill_buf() {
-                Ok(buf) => buf,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+            let (from, end, size) = if let Some(&end) = self.ends.get(self.next) {
+                self.next += 1;
+                (self.start, end, end + 1 - self.start)
+            } else if self.eof {
+                // The last line, without an end.
+                (self.start, self.filled, self.filled - self.start)
+            } else {
+                if let Err(e) = self.fill() {
+                    self.eof = true;
                     self.line += 1;
+                    let raw = self.buf[self.start..self.filled].to_vec();
+                    self.start = self.filled;
                     return Some(Err(BadRecord {
                         line: self.line,
                         reason: format!("read error: {e}"),
-                        raw: std::mem::take(&mut self.partial),
+                        raw,
                         csv_header: None,
                     }));
                 }
-            };
-            if buf.is_empty() {
-                if self.partial.is_empty() {
-                    return None;
-                }
-                let last = std::mem::take(&mut self.partial);
-                if let Some(r) = next_line(&mut self.line, &last, last.len() as u64) {
-                    return Some(Ok(r));
-                }
                 continue;
+            };
+            if size == 0 {
+                return None;
             }
-            let Some(end) = memchr::memchr(b'\n', buf) else {
-                self.partial.extend_from_slice(buf);
-                let n = buf.len();
-                self.reader.consume(n);
-                continue;
-            };
-            let record = if self.partial.is_empty() {
-                let r = next_line(&mut self.line, &buf[..end], end as u64 + 1);
-                self.reader.consume(end + 1);
-                r
-            } else {
-                self.partial.extend_from_slice(&buf[..end]);
-                self.reader.consume(end + 1);
-                let whole = std::mem::take(&mut self.partial);
-                next_line(&mut self.line, &whole, whole.len() as u64 + 1)
-            };
-            if let Some(r) = record {
-                return Some(Ok(r));
+            self.start = from + size;
+            self.line += 1;
+            if !self.buf[from..end].trim_ascii().is_empty() {
+                let text = self.buf[from..end].trim_ascii();
+                return Some(Ok(line(text, self.line, size as u64)));
             }
         }
     }
+
+    /// Reads more, after the start of a line that crosses the end of the
+    /// buffer (moved to the front; the buffer doubles for a line longer
+    /// than it), and finds the line ends in what was read.
+    fn fill(&mut self) -> io::Result<()> {
+        self.buf.copy_within(self.start..self.filled, 0);
+        self.filled -= self.start;
+        self.start = 0;
+        if self.filled == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let n = loop {
+            match self.reader.read(&mut self.buf[self.filled..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let searched = self.filled;
+        self.filled += n;
+        self.eof = n == 0;
+        self.ends.clear();
+        self.next = 0;
+        let read = &self.buf[searched..self.filled];
+        self.ends
+            .extend(memchr::memchr_iter(b'\n', read).map(|i| searched + i));
+        Ok(())
+    }
 }
 
-/// The next line as a record; `None` for a blank line (skipped, but
-/// counted in the line numbers).
-fn next_line(line_no: &mut u64, line: &[u8], size: u64) -> Option<Record> {
-    *line_no += 1;
-    let text = line.trim_ascii();
-    if text.is_empty() {
-        return None;
-    }
-    Some(Record {
+fn line(text: &[u8], number: u64, bytes: u64) -> Line<'_> {
+    Line {
+        text,
         hash: stable_hash(text, 0),
-        payload: Payload::Json(text.to_vec()),
-        line: *line_no,
-        bytes: size,
-    })
+        number,
+        bytes,
+    }
 }
 
 fn csv_rows(
@@ -470,4 +542,99 @@ pub fn files_ending(path: &std::path::Path, suffix: &str) -> Vec<std::path::Path
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A reader that hands out at most `chunk` bytes a call, so that lines
+    /// cross the ends of reads.
+    struct Chunked<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Chunked<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(out.len()).min(self.bytes.len());
+            out[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    /// (line number, text, bytes taken) of every line, read by `Lines`.
+    fn read_all(bytes: &[u8], chunk: usize) -> Vec<(u64, Vec<u8>, u64, u64)> {
+        let mut lines = Lines::new(Chunked { bytes, chunk });
+        let mut got = Vec::new();
+        while let Some(l) = lines.next_line() {
+            let l = l.unwrap();
+            got.push((l.number, l.text.to_vec(), l.bytes, l.hash));
+        }
+        got
+    }
+
+    /// The same, by splitting the whole text.
+    fn split_all(bytes: &[u8]) -> Vec<(u64, Vec<u8>, u64, u64)> {
+        let mut want = Vec::new();
+        let pieces: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            let text = piece.trim_ascii();
+            if !text.is_empty() {
+                let taken = piece.len() as u64 + u64::from(!last);
+                want.push((i as u64 + 1, text.to_vec(), taken, stable_hash(text, 0)));
+            }
+        }
+        want
+    }
+
+    proptest! {
+        #[test]
+        fn lines_are_those_of_the_whole_text_whatever_the_reads(
+            lines in prop::collection::vec(prop_oneof![
+                Just(String::new()),
+                Just(" \r".to_string()),
+                "[a-z{}\":, ]{1,40}\r?",
+            ], 0..30),
+            end in any::<bool>(),
+            chunk in 1usize..50,
+        ) {
+            let mut text = lines.join("\n");
+            if end {
+                text.push('\n');
+            }
+            prop_assert_eq!(read_all(text.as_bytes(), chunk), split_all(text.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_buffer_is_read_whole() {
+        let long = "x".repeat(3 * READ_SIZE + 17);
+        let text = format!("a\n{long}\nb");
+        assert_eq!(read_all(text.as_bytes(), 5000), split_all(text.as_bytes()));
+        assert_eq!(read_all(text.as_bytes(), 5000)[1].1.len(), long.len());
+    }
+
+    #[test]
+    fn a_read_error_ends_the_input_once_with_the_bytes_of_the_cut_line() {
+        struct Failing(bool);
+        impl Read for Failing {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                if std::mem::replace(&mut self.0, true) {
+                    return Err(io::Error::other("disk gone"));
+                }
+                out[..8].copy_from_slice(b"{}\n{\"a\":");
+                Ok(8)
+            }
+        }
+        let mut lines = Lines::new(Failing(false));
+        assert_eq!(lines.next_line().unwrap().unwrap().text, b"{}");
+        let bad = lines.next_line().unwrap().unwrap_err();
+        assert_eq!((bad.line, &bad.raw[..]), (2, &b"{\"a\":"[..]));
+        assert!(bad.reason.contains("disk gone"), "{}", bad.reason);
+        assert!(lines.next_line().is_none());
+    }
 }

@@ -461,7 +461,7 @@ impl Engine {
         stream: Option<&str>,
         rec: &Record,
         caps: &Captures,
-        text: &str,
+        text: &[u8],
         out: &mut Output,
         doc: impl Fn() -> serde_json::Value,
     ) -> Option<i64> {

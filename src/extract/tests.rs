@@ -281,7 +281,7 @@ proptest! {
             Just(b'"'), Just(b'\\'), 0u8..0x20, 0x20u8..0x80, 0x80u8..=0xff, Just(b'a'),
         ], 0..40),
     ) {
-        let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b));
         prop_assert_eq!(string_stop(&bytes), naive);
     }
 
@@ -313,5 +313,71 @@ proptest! {
             Ok(_) => prop_assert_eq!(ours, Err("an event must be a JSON object".to_string())),
             Err(e) => prop_assert!(ours.is_err(), "accepted {text:?}, serde_json: {e}"),
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// With bytes that are not UTF-8 anywhere (in strings, names, escaped
+    /// strings, between values), the scanner still accepts exactly what
+    /// serde_json accepts: it checks UTF-8 only inside strings.
+    #[test]
+    fn agrees_with_serde_json_on_any_bytes(
+        base in object(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), prop::collection::vec(prop_oneof![
+            Just(0xC3u8), Just(0xA9), Just(0xFF), Just(0xE2), Just(0x82), Just(0xAC), Just(0xF0), Just(0x9F),
+            Just(b'"'), Just(b'\\'), Just(b'e'),
+        ], 1..4)), 0..3),
+    ) {
+        let mut bytes = base.into_bytes();
+        for (at, piece) in edits {
+            let i = at.index(bytes.len() + 1);
+            bytes.splice(i..i, piece);
+        }
+        let (ex, _) = extractor();
+        let mut out = Captures::new();
+        let ours = ex.extract(&bytes, &mut out);
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) if v.is_object() => {
+                prop_assert!(ours.is_ok(), "refused {bytes:?}: {ours:?}");
+                assert_same_as_lookup(&ex, &extractor().1, std::str::from_utf8(&bytes).unwrap());
+            }
+            Ok(_) => prop_assert_eq!(ours, Err("an event must be a JSON object".to_string())),
+            Err(e) => {
+                prop_assert!(ours.is_err(), "accepted {bytes:?}, serde_json: {e}");
+                if let Err(u) = std::str::from_utf8(&bytes) {
+                    let want = format!("invalid JSON: not UTF-8 text (at byte {})", u.valid_up_to());
+                    prop_assert_eq!(ours, Err(want));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn non_ascii_text_is_read_in_names_values_and_escaped_strings() {
+    let mut ex = Extractor::new();
+    let name = ex.add(&["caf\u{e9}".to_string()]);
+    let value = ex.add(&["v".to_string()]);
+    let escaped = ex.add(&["w".to_string()]);
+    let mut out = Captures::new();
+    let text =
+        "{\"caf\u{e9}\":\"\u{1F600}x\",\"v\":\"\u{e9}t\u{e9}\",\"w\":\"a\\n\u{20AC}\\t\u{e9}\"}";
+    let got = ex.extract(text.as_bytes(), &mut out).unwrap();
+    assert_eq!(out.get(got, name), Some(Field::Str("\u{1F600}x")));
+    assert_eq!(out.get(got, value), Some(Field::Str("\u{e9}t\u{e9}")));
+    assert_eq!(
+        out.get(got, escaped),
+        Some(Field::Str("a\n\u{20AC}\t\u{e9}"))
+    );
+    for (bad, at) in [
+        (&b"{\"v\":\"\xe9t\"}"[..], 6),
+        (b"{\"w\":\"a\\n\xff\"}", 9),
+        (b"{\"v\":1,\xc3}", 7),
+        (b"{\"\xc3\xa9\xc3\":1}", 4),
+    ] {
+        let e = ex.extract(bad, &mut out).unwrap_err();
+        assert_eq!(e, format!("invalid JSON: not UTF-8 text (at byte {at})"));
     }
 }
