@@ -124,14 +124,15 @@ pub(super) fn replay(args: &ReplayArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-/// What became of a record in `replay`.
+/// What became of a record in `replay`. (The dead letters are boxed: most
+/// records are read, and the enum is moved for each.)
 pub(super) enum Fate {
     Read,
     /// It could not be read (not JSON, not an object, a bad CSV row).
-    Unreadable(crate::deadletter::DeadLetter),
+    Unreadable(Box<crate::deadletter::DeadLetter>),
     /// Read, but at least one pattern could not decode it (the reasons are
     /// in the dead letter and in the engine's output).
-    Refused(crate::deadletter::DeadLetter),
+    Refused(Box<crate::deadletter::DeadLetter>),
 }
 
 /// Reads every record of the input into the engine, writing alerts and
@@ -171,7 +172,7 @@ fn feed(
                     n += 1;
                     push_line(engine, args.stream, args.input, l, out)
                 }
-                Err(b) => Fate::Unreadable(b.dead_letter(args.input)),
+                Err(b) => Fate::Unreadable(Box::new(b.dead_letter(args.input))),
             };
             after(fate, out)?;
         }
@@ -188,7 +189,7 @@ fn feed(
                 }
                 push(engine, args.stream, args.input, r, out)
             }
-            Err(b) => Fate::Unreadable(b.dead_letter(args.input)),
+            Err(b) => Fate::Unreadable(Box::new(b.dead_letter(args.input))),
         };
         after(fate, out)?;
     }
@@ -224,11 +225,11 @@ pub(super) fn push_line(
         line: l.number,
     };
     if let Err(e) = engine.push_json(stream, l.text, l.hash, out) {
-        return Fate::Unreadable(DeadLetter::new(origin(), l.text, vec![e.0]));
+        return Fate::Unreadable(Box::new(DeadLetter::new(origin(), l.text, vec![e.0])));
     }
     match refusals(out) {
         None => Fate::Read,
-        Some(reasons) => Fate::Refused(DeadLetter::new(origin(), l.text, reasons)),
+        Some(reasons) => Fate::Refused(Box::new(DeadLetter::new(origin(), l.text, reasons))),
     }
 }
 
@@ -278,7 +279,7 @@ pub(super) fn push(
     let Some(reasons) = refusals(out) else {
         return Fate::Read;
     };
-    Fate::Refused(match letter {
+    Fate::Refused(Box::new(match letter {
         Letter::Doc(doc) => {
             let text = serde_json::to_vec(&*doc).unwrap_or_default();
             DeadLetter::new(origin(), &text, reasons)
@@ -288,7 +289,7 @@ pub(super) fn push(
             d.csv_header = Some(row.header.to_vec());
             d
         }
-    })
+    }))
 }
 
 /// What a refused record's dead letter holds: its document as JSON (an

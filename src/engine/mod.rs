@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compiler::Automaton;
 use crate::event::{DecodeError, Event, Key};
-use crate::extract::{Captures, Extractor, Field};
+use crate::extract::{Captures, Extractor, Field, Fields};
 use crate::time::{Admit, ReorderBuffer};
 use crate::value::Value;
 
@@ -409,14 +409,14 @@ impl Engine {
     ) -> Result<Option<i64>, DecodeError> {
         let json = rec.json;
         let mut caps = std::mem::take(&mut self.scratch);
-        let text = match self.extractor.extract(json, &mut caps) {
-            Ok(text) => text,
+        let fields = match self.extractor.extract(json, &mut caps) {
+            Ok(fields) => fields,
             Err(e) => {
                 self.scratch = caps;
                 return Err(DecodeError(e));
             }
         };
-        let newest = self.push_captured(stream, rec, &caps, text, out, || {
+        let newest = self.push_captured(stream, rec, fields, out, || {
             serde_json::from_slice(json).unwrap_or(serde_json::Value::Null)
         });
         self.scratch = caps;
@@ -441,14 +441,14 @@ impl Engine {
             }
         };
         let mut caps = std::mem::take(&mut self.scratch);
-        let text = self
+        let fields = self
             .extractor
             .extract_row(columns, &row.row, &row.nulls, &mut caps);
         let rec = Record {
             hash,
             ..Record::default()
         };
-        self.push_captured(stream, &rec, &caps, text, out, || row.to_doc());
+        self.push_captured(stream, &rec, fields, out, || row.to_doc());
         self.scratch = caps;
     }
 
@@ -460,8 +460,7 @@ impl Engine {
         &mut self,
         stream: Option<&str>,
         rec: &Record,
-        caps: &Captures,
-        text: &[u8],
+        fields: Fields,
         out: &mut Output,
         doc: impl Fn() -> serde_json::Value,
     ) -> Option<i64> {
@@ -478,7 +477,7 @@ impl Engine {
         // read, and each of them is overwritten here.
         values.resize(self.extractor.len(), Value::Missing);
         for &c in self.slot_captures.of(stream) {
-            values[c] = caps.get(text, c).map_or(Value::Missing, Field::to_value);
+            values[c] = fields.get(c).map_or(Value::Missing, Field::to_value);
         }
         let mut newest = None;
         for i in 0..self.patterns.len() {
@@ -491,9 +490,9 @@ impl Engine {
             let decoded = decode_parts(
                 a,
                 |f| match f {
-                    FieldRef::Key(n) => caps.get(text, at.key[n]),
-                    FieldRef::Time => caps.get(text, at.time),
-                    FieldRef::Slot(n) => caps.get(text, at.slots[n]),
+                    FieldRef::Key(n) => fields.get(at.key[n]),
+                    FieldRef::Time => fields.get(at.time),
+                    FieldRef::Slot(n) => fields.get(at.slots[n]),
                 },
                 |n| values[at.slots[n]].clone(),
                 rec,

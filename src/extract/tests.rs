@@ -43,7 +43,7 @@ fn assert_same_as_lookup(ex: &Extractor, slots: &[usize], text: &str) {
     let doc: serde_json::Value = serde_json::from_str(text).unwrap();
     for (p, s) in paths().iter().zip(slots) {
         let want = lookup(&doc, p).map(|v| Field::of_json(v).to_value());
-        let have = out.get(got, *s).map(Field::to_value);
+        let have = got.get(*s).map(Field::to_value);
         assert_eq!(format!("{have:?}"), format!("{want:?}"), "{text} {p:?}");
     }
 }
@@ -127,7 +127,7 @@ fn accepts_and_refuses_what_serde_json_does_on_edge_cases() {
         "\u{feff}{}",
     ] {
         let serde = serde_json::from_str::<serde_json::Value>(text);
-        let ours = ex.extract(text.as_bytes(), &mut out);
+        let ours = ex.extract(text.as_bytes(), &mut out).map(|_| ());
         assert_eq!(ours.is_ok(), serde.is_ok(), "{text}: {ours:?} vs {serde:?}");
         if serde.is_ok() {
             assert_same_as_lookup(&ex, &extractor().1, text);
@@ -270,7 +270,7 @@ proptest! {
         let doc = csv.to_doc();
         for (p, s) in paths.iter().zip(&slots) {
             let want = lookup(&doc, p).map(|v| Field::of_json(v).to_value());
-            let have = out.get(text, *s).map(Field::to_value);
+            let have = text.get(*s).map(Field::to_value);
             prop_assert_eq!(format!("{have:?}"), format!("{want:?}"), "{:?} {:?}", cells, p);
         }
     }
@@ -304,7 +304,7 @@ proptest! {
         }
         let (ex, slots) = extractor();
         let mut out = Captures::new();
-        let ours = ex.extract(text.as_bytes(), &mut out);
+        let ours = ex.extract(text.as_bytes(), &mut out).map(|_| ());
         match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) if v.is_object() => {
                 prop_assert!(ours.is_ok(), "refused {text:?}: {ours:?}");
@@ -337,7 +337,7 @@ proptest! {
         }
         let (ex, _) = extractor();
         let mut out = Captures::new();
-        let ours = ex.extract(&bytes, &mut out);
+        let ours = ex.extract(&bytes, &mut out).map(|_| ());
         match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(v) if v.is_object() => {
                 prop_assert!(ours.is_ok(), "refused {bytes:?}: {ours:?}");
@@ -365,12 +365,9 @@ fn non_ascii_text_is_read_in_names_values_and_escaped_strings() {
     let text =
         "{\"caf\u{e9}\":\"\u{1F600}x\",\"v\":\"\u{e9}t\u{e9}\",\"w\":\"a\\n\u{20AC}\\t\u{e9}\"}";
     let got = ex.extract(text.as_bytes(), &mut out).unwrap();
-    assert_eq!(out.get(got, name), Some(Field::Str("\u{1F600}x")));
-    assert_eq!(out.get(got, value), Some(Field::Str("\u{e9}t\u{e9}")));
-    assert_eq!(
-        out.get(got, escaped),
-        Some(Field::Str("a\n\u{20AC}\t\u{e9}"))
-    );
+    assert_eq!(got.get(name), Some(Field::Str("\u{1F600}x")));
+    assert_eq!(got.get(value), Some(Field::Str("\u{e9}t\u{e9}")));
+    assert_eq!(got.get(escaped), Some(Field::Str("a\n\u{20AC}\t\u{e9}")));
     for (bad, at) in [
         (&b"{\"v\":\"\xe9t\"}"[..], 6),
         (b"{\"w\":\"a\\n\xff\"}", 9),
@@ -380,4 +377,30 @@ fn non_ascii_text_is_read_in_names_values_and_escaped_strings() {
         let e = ex.extract(bad, &mut out).unwrap_err();
         assert_eq!(e, format!("invalid JSON: not UTF-8 text (at byte {at})"));
     }
+}
+
+#[test]
+fn csv_cells_that_are_not_utf8_read_alone_even_when_the_row_joins_into_utf8() {
+    // `a\xC3` and `\xA9b` are not UTF-8, but the row's bytes joined are
+    // (`aéb`): each cell must still read as its own replacement text, as
+    // the row's document has it.
+    let header: std::sync::Arc<[String]> = ["x", "y"].iter().map(|s| s.to_string()).collect();
+    let mut row = csv::ByteRecord::new();
+    row.push_field(b"a\xC3");
+    row.push_field(b"\xA9b");
+    let csv = crate::input::CsvRow {
+        header: header.clone(),
+        row,
+        nulls: [].into(),
+    };
+    let mut ex = Extractor::new();
+    let x = ex.add(&["x".to_string()]);
+    let y = ex.add(&["y".to_string()]);
+    let mut out = Captures::new();
+    let columns = ex.columns(&header);
+    let got = ex.extract_row(&columns, &csv.row, &csv.nulls, &mut out);
+    assert_eq!(got.get(x), Some(Field::Str("a\u{FFFD}")));
+    assert_eq!(got.get(y), Some(Field::Str("\u{FFFD}b")));
+    let doc = csv.to_doc();
+    assert_eq!(doc["x"], "a\u{FFFD}");
 }
