@@ -344,9 +344,7 @@ impl StableHasher {
 
     #[inline]
     fn mix(&mut self, w: u64) {
-        self.h = (self.h ^ w.wrapping_mul(HASH_K))
-            .rotate_left(27)
-            .wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.h = hash_word(self.h, w);
     }
 
     pub fn write(&mut self, mut bytes: &[u8]) {
@@ -386,31 +384,67 @@ impl StableHasher {
 /// bytes at a time and ends with the MurmurHash3 finaliser; it is not meant
 /// to resist deliberate collisions.
 pub fn stable_hash(bytes: &[u8], seed: u64) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(HASH_K);
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().unwrap());
-        h = (h ^ w.wrapping_mul(K))
-            .rotate_left(27)
-            .wrapping_mul(0x94d0_49bb_1331_11eb);
+        h = hash_word(h, u64::from_le_bytes(c.try_into().unwrap_or_default()));
     }
+    hash_end(h, bytes)
+}
+
+/// [`stable_hash`] of four texts with seed 0, equal to four calls. Each
+/// word of a text waits for the one before (a multiply and a rotation, 45
+/// cycles for a 70-byte event, a tenth of `cep replay`'s time per event was
+/// spent waiting on it); four texts side by side keep four chains in flight
+/// instead of one. `input::Lines` hashes the lines of each read this way.
+pub fn stable_hash4(texts: [&[u8]; 4]) -> [u64; 4] {
+    let mut h = texts.map(|t| (t.len() as u64).wrapping_mul(HASH_K));
+    let words = texts.map(|t| t.as_chunks::<8>().0);
+    let common = words.iter().map(|w| w.len()).min().unwrap_or(0);
+    // Cut to one length, so that the loop's indexing needs no checks.
+    let side_by_side = words.map(|w| &w[..common]);
+    for i in 0..common {
+        for (h, w) in h.iter_mut().zip(side_by_side) {
+            *h = hash_word(*h, u64::from_le_bytes(w[i]));
+        }
+    }
+    for ((h, w), t) in h.iter_mut().zip(words).zip(texts) {
+        for &word in &w[common..] {
+            *h = hash_word(*h, u64::from_le_bytes(word));
+        }
+        *h = hash_end(*h, t);
+    }
+    h
+}
+
+/// One word into [`stable_hash`]'s state.
+#[inline(always)]
+fn hash_word(h: u64, w: u64) -> u64 {
+    (h ^ w.wrapping_mul(HASH_K))
+        .rotate_left(27)
+        .wrapping_mul(0x94d0_49bb_1331_11eb)
+}
+
+/// The end of [`stable_hash`] of `bytes`: its last `len % 8` bytes, then
+/// the finaliser.
+#[inline(always)]
+fn hash_end(mut h: u64, bytes: &[u8]) -> u64 {
     // The last bytes as a little-endian word, zero-padded, assembled in a
     // register: copied into a stack array and read back as one word, the
     // load waited for the byte stores (a quarter of reading a JSON line).
     // When the text has eight bytes or more, the word is the text's last
     // eight bytes shifted down past the ones already mixed: one load in
     // place of a loop of up to seven.
-    let rest = chunks.remainder().len();
+    let rest = bytes.len() % 8;
     let tail = match bytes.len().checked_sub(8) {
         Some(from) if rest > 0 => {
             let last = u64::from_le_bytes(bytes[from..].try_into().unwrap_or_default());
             last >> (8 * (8 - rest))
         }
-        _ => (chunks.remainder().iter().enumerate())
+        _ => (bytes[bytes.len() - rest..].iter().enumerate())
             .fold(0u64, |t, (i, &b)| t | u64::from(b) << (8 * i)),
     };
-    h ^= tail.wrapping_mul(K);
+    h ^= tail.wrapping_mul(HASH_K);
     // fmix64
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -424,6 +458,14 @@ mod tests {
     use super::stable_hash;
 
     proptest::proptest! {
+        #[test]
+        fn four_texts_hash_as_each_alone(
+            texts in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 4),
+        ) {
+            let four = [&texts[0][..], &texts[1][..], &texts[2][..], &texts[3][..]];
+            proptest::prop_assert_eq!(super::stable_hash4(four), four.map(|t| stable_hash(t, 0)));
+        }
+
         #[test]
         fn the_hash_of_pieces_is_the_hash_of_the_whole(
             pieces in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..20), 0..8),
