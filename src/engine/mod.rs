@@ -535,6 +535,7 @@ impl Engine {
     }
 
     /// Routes a decoded event: late, to the pattern, or rejected.
+    #[inline]
     fn accept(
         &mut self,
         i: usize,

@@ -158,6 +158,7 @@ impl<T> ReorderBuffer<T> {
     }
 
     /// Buffers an item that [`ReorderBuffer::admit`] said must wait.
+    #[inline]
     pub fn insert(&mut self, time: i64, item: T) {
         let seq = self.seq;
         self.seq += 1;
@@ -175,6 +176,7 @@ impl<T> ReorderBuffer<T> {
         });
     }
 
+    #[inline]
     fn hold(&mut self, p: Pending<T>) {
         match self.in_order.back() {
             Some(last) if (p.time, p.seq) < (last.time, last.seq) => self.heap.push(p),
