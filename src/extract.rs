@@ -368,8 +368,8 @@ impl Extractor {
     }
 
     /// Checks that `json` is one JSON object and captures the registered
-    /// paths into `out`. Returns the text, which [`Captures::get`] reads
-    /// the captured fields from.
+    /// paths into `out`. Returns the captured fields, read through
+    /// [`Fields::get`].
     pub fn extract<'a>(&self, json: &'a [u8], out: &'a mut Captures) -> Result<Fields<'a>, String> {
         out.reset(self.captures);
         if json.len() > u32::MAX as usize {
