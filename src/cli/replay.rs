@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::compiler::load_patterns;
+use crate::deadletter::{DeadLetter, Origin};
 use crate::engine::{Engine, EngineConfig, Output};
 use crate::input::{self, Format, Payload};
 
@@ -129,10 +130,10 @@ pub(super) fn replay(args: &ReplayArgs) -> Result<i32, String> {
 pub(super) enum Fate {
     Read,
     /// It could not be read (not JSON, not an object, a bad CSV row).
-    Unreadable(Box<crate::deadletter::DeadLetter>),
+    Unreadable(Box<DeadLetter>),
     /// Read, but at least one pattern could not decode it (the reasons are
     /// in the dead letter and in the engine's output).
-    Refused(Box<crate::deadletter::DeadLetter>),
+    Refused(Box<DeadLetter>),
 }
 
 /// Reads every record of the input into the engine, writing alerts and
@@ -219,17 +220,21 @@ pub(super) fn push_line(
     l: input::Line,
     out: &mut Output,
 ) -> Fate {
-    use crate::deadletter::{DeadLetter, Origin};
-    let origin = || Origin::File {
-        input: input.to_string(),
-        line: l.number,
-    };
+    let letter = |reasons| Box::new(DeadLetter::new(origin(input, l.number), l.text, reasons));
     if let Err(e) = engine.push_json(stream, l.text, l.hash, out) {
-        return Fate::Unreadable(Box::new(DeadLetter::new(origin(), l.text, vec![e.0])));
+        return Fate::Unreadable(letter(vec![e.0]));
     }
     match refusals(out) {
         None => Fate::Read,
-        Some(reasons) => Fate::Refused(Box::new(DeadLetter::new(origin(), l.text, reasons))),
+        Some(reasons) => Fate::Refused(letter(reasons)),
+    }
+}
+
+/// Where a record of `input` came from, for its dead letter.
+fn origin(input: &str, line: u64) -> Origin {
+    Origin::File {
+        input: input.to_string(),
+        line,
     }
 }
 
@@ -251,11 +256,7 @@ pub(super) fn push(
     r: input::Record,
     out: &mut Output,
 ) -> Fate {
-    use crate::deadletter::{DeadLetter, Origin};
-    let origin = || Origin::File {
-        input: input.to_string(),
-        line: r.line,
-    };
+    let from = || origin(input, r.line);
     let letter = match r.payload {
         Payload::Json(text) => {
             let l = input::Line {
@@ -282,10 +283,10 @@ pub(super) fn push(
     Fate::Refused(Box::new(match letter {
         Letter::Doc(doc) => {
             let text = serde_json::to_vec(&*doc).unwrap_or_default();
-            DeadLetter::new(origin(), &text, reasons)
+            DeadLetter::new(from(), &text, reasons)
         }
         Letter::Row(row) => {
-            let mut d = DeadLetter::new(origin(), &row.to_bytes(), reasons);
+            let mut d = DeadLetter::new(from(), &row.to_bytes(), reasons);
             d.csv_header = Some(row.header.to_vec());
             d
         }
