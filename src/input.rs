@@ -285,15 +285,23 @@ pub struct Lines<R> {
     buf: Vec<u8>,
     start: usize,
     filled: usize,
-    /// Where the `\n`s in `buf[start..filled]` are, in order, from `next`.
-    ends: Vec<usize>,
-    /// The [`stable_hash`] of each line `ends` ends, four lines at a time
-    /// ([`crate::event::stable_hash4`]): one line's hash is a chain of
-    /// multiplies the processor waits on, 6 % of `cep replay`'s time.
-    hashes: Vec<u64>,
+    /// The whole lines in `buf[start..filled]`, in order, from `next`.
+    spans: Vec<Span>,
     next: usize,
     line: u64,
     eof: bool,
+}
+
+/// One whole line in `Lines`' buffer, found when it was read.
+#[derive(Clone, Copy)]
+struct Span {
+    /// The line's text, trimmed, is `buf[from..to]`.
+    from: usize,
+    to: usize,
+    /// Where its `\n` is.
+    end: usize,
+    /// [`stable_hash`] of the text.
+    hash: u64,
 }
 
 /// What `Lines` reads at a time (and its buffer's size, unless a line is
@@ -307,8 +315,7 @@ impl<R: Read> Lines<R> {
             buf: vec![0; READ_SIZE],
             start: 0,
             filled: 0,
-            ends: Vec::new(),
-            hashes: Vec::new(),
+            spans: Vec::new(),
             next: 0,
             line: 0,
             eof: false,
@@ -320,13 +327,23 @@ impl<R: Read> Lines<R> {
     /// input, reported once with the bytes of the line it cut.
     pub fn next_line(&mut self) -> Option<Result<Line<'_>, BadRecord>> {
         loop {
-            let (from, end, size, hash) = if let Some(&end) = self.ends.get(self.next) {
-                let hash = self.hashes[self.next];
+            let span = if let Some(&span) = self.spans.get(self.next) {
                 self.next += 1;
-                (self.start, end, end + 1 - self.start, Some(hash))
+                span
             } else if self.eof {
                 // The last line, without an end.
-                (self.start, self.filled, self.filled - self.start, None)
+                if self.start == self.filled {
+                    return None;
+                }
+                let (from, to) = trimmed(&self.buf, self.start, self.filled);
+                let hash = stable_hash(&self.buf[from..to], 0);
+                let end = self.filled - 1;
+                Span {
+                    from,
+                    to,
+                    end,
+                    hash,
+                }
             } else {
                 if let Err(e) = self.fill() {
                     self.eof = true;
@@ -342,17 +359,13 @@ impl<R: Read> Lines<R> {
                 }
                 continue;
             };
-            if size == 0 {
-                return None;
-            }
-            self.start = from + size;
+            let size = (span.end + 1).min(self.filled) - self.start;
+            self.start += size;
             self.line += 1;
-            if !self.buf[from..end].trim_ascii().is_empty() {
-                let text = self.buf[from..end].trim_ascii();
-                let hash = hash.unwrap_or_else(|| stable_hash(text, 0));
+            if span.from < span.to {
                 return Some(Ok(Line {
-                    text,
-                    hash,
+                    text: &self.buf[span.from..span.to],
+                    hash: span.hash,
                     number: self.line,
                     bytes: size as u64,
                 }));
@@ -380,32 +393,56 @@ impl<R: Read> Lines<R> {
         let searched = self.filled;
         self.filled += n;
         self.eof = n == 0;
-        self.ends.clear();
         self.next = 0;
-        let read = &self.buf[searched..self.filled];
-        self.ends
-            .extend(memchr::memchr_iter(b'\n', read).map(|i| searched + i));
-        hash_lines(&self.buf, self.start, &self.ends, &mut self.hashes);
+        let ends = memchr::memchr_iter(b'\n', &self.buf[searched..self.filled]);
+        line_spans(
+            &self.buf,
+            self.start,
+            ends.map(|i| searched + i),
+            &mut self.spans,
+        );
         Ok(())
     }
 }
 
-/// The [`stable_hash`] of each line (trimmed) of `buf` that ends at one of
-/// `ends`, the first starting at `from`, into `hashes`.
-fn hash_lines(buf: &[u8], mut from: usize, ends: &[usize], hashes: &mut Vec<u64>) {
-    hashes.clear();
-    let mut four: [&[u8]; 4] = [&[]; 4];
-    let mut n = 0;
-    for &end in ends {
-        four[n] = buf[from..end].trim_ascii();
+/// The lines of `buf` that end at `ends`, the first starting at `from`,
+/// into `spans`: each trimmed, and hashed four lines side by side
+/// ([`crate::event::stable_hash4`]: one line's hash is a chain of
+/// multiplies the processor waits on, 6 % of `cep replay`'s time).
+fn line_spans(
+    buf: &[u8],
+    mut from: usize,
+    ends: impl Iterator<Item = usize>,
+    spans: &mut Vec<Span>,
+) {
+    spans.clear();
+    for end in ends {
+        let (a, b) = trimmed(buf, from, end);
+        spans.push(Span {
+            from: a,
+            to: b,
+            end,
+            hash: 0,
+        });
         from = end + 1;
-        n += 1;
-        if n == 4 {
-            hashes.extend(crate::event::stable_hash4(four));
-            n = 0;
+    }
+    let mut fours = spans.chunks_exact_mut(4);
+    for four in &mut fours {
+        let texts = [0, 1, 2, 3].map(|i| &buf[four[i].from..four[i].to]);
+        for (span, hash) in four.iter_mut().zip(crate::event::stable_hash4(texts)) {
+            span.hash = hash;
         }
     }
-    hashes.extend(four[..n].iter().map(|t| stable_hash(t, 0)));
+    for span in fours.into_remainder() {
+        span.hash = stable_hash(&buf[span.from..span.to], 0);
+    }
+}
+
+/// `buf[from..to]` without white space at either end, as a range of `buf`.
+fn trimmed(buf: &[u8], from: usize, to: usize) -> (usize, usize) {
+    let line = &buf[from..to];
+    let start = from + (line.len() - line.trim_ascii_start().len());
+    (start, start + line.trim_ascii().len())
 }
 
 fn csv_rows(
