@@ -112,8 +112,7 @@ impl CsvRow {
         let len = self.row.as_slice().len() + self.row.len();
         let mut h = crate::event::StableHasher::new(len, 0);
         for cell in self.row.iter() {
-            h.write(cell);
-            h.write(b",");
+            h.write_cell(cell);
         }
         h.finish()
     }

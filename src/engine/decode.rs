@@ -3,14 +3,18 @@
 //! event slots, from wherever they are found (a parsed document, or values
 //! captured from JSON text or a CSV row).
 
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use crate::compiler::Automaton;
-use crate::event::{lookup, parse_time, DecodeError, Event, Key, Slots, KEY_SEPARATOR};
+use crate::event::{
+    lookup, parse_time, DecodeError, Event, Key, RecordValues, Slots, INLINE_SLOTS, KEY_SEPARATOR,
+};
 use crate::extract::Field;
+use crate::extract::Fields;
 use crate::value::Value;
 
-use super::Record;
+use super::{CaptureSlots, Record};
 
 /// A field a pattern reads, as [`decode_with`] asks for it.
 #[derive(Clone, Copy, Debug)]
@@ -64,12 +68,16 @@ fn key_text(field: Option<Field>, path: &[String]) -> Result<String, DecodeError
     let mut text = String::new();
     match field {
         Some(f) if f.push_key_text(&mut text) => Ok(text),
-        _ => Err(DecodeError(format!(
-            "missing key field `{}`",
-            path.join(".")
-        ))),
+        _ => Err(missing_key(path)),
     }
 }
+
+fn missing_key(path: &[String]) -> DecodeError {
+    DecodeError(format!("missing key field `{}`", path.join(".")))
+}
+
+/// Room for a composite key's text that fits an event's inline key.
+const COMPOSITE_KEY: usize = 32;
 
 /// [`decode_with`], taking key and time from `rec` where it carries them.
 pub(super) fn decode_parts<'v>(
@@ -79,39 +87,250 @@ pub(super) fn decode_parts<'v>(
     rec: &Record,
     raw: Option<Arc<serde_json::Value>>,
 ) -> Result<Event, DecodeError> {
-    let hash = rec.hash;
-    let key = if let Some(k) = rec.key {
-        Key::new(k)
-    } else if let [only] = &a.key_paths[..] {
-        match get(FieldRef::Key(0)) {
-            Some(Field::Str(s)) => Key::new(s),
-            other => Key::new(&key_text(other, only)?),
+    let key = decode_key(a, &get, rec)?;
+    let time = decode_time(a, &get, rec)?;
+    Ok(Event {
+        time,
+        key,
+        slots: Slots::from_fn(a.fields.paths.len(), slot_value),
+        hash: rec.hash,
+        raw,
+    })
+}
+
+/// The event's key: `rec`'s, else the pattern's key fields (several
+/// joined by [`KEY_SEPARATOR`]).
+#[inline]
+fn decode_key<'v>(
+    a: &Automaton,
+    get: impl Fn(FieldRef) -> Option<Field<'v>>,
+    rec: &Record,
+) -> Result<Key, DecodeError> {
+    if let Some(k) = rec.key {
+        return Ok(Key::new(k));
+    }
+    if let [only] = &a.key_paths[..] {
+        return match get(FieldRef::Key(0)) {
+            Some(Field::Str(s)) => Ok(Key::new(s)),
+            other => Ok(Key::new(&key_text(other, only)?)),
+        };
+    }
+    // Each part written straight into one string (a string per part, and
+    // the joined one grown as they came, was three allocations a record
+    // for the flight year's `carrier, origin`).
+    let mut text = String::with_capacity(COMPOSITE_KEY);
+    for (n, p) in a.key_paths.iter().enumerate() {
+        if n > 0 {
+            text.push(KEY_SEPARATOR);
         }
-    } else {
-        let mut text = String::new();
-        for (n, p) in a.key_paths.iter().enumerate() {
-            if n > 0 {
-                text.push(KEY_SEPARATOR);
-            }
-            text.push_str(&key_text(get(FieldRef::Key(n)), p)?);
+        match get(FieldRef::Key(n)) {
+            Some(f) if f.push_key_text(&mut text) => {}
+            _ => return Err(missing_key(p)),
         }
-        Key::new(&text)
+    }
+    Ok(Key::new(&text))
+}
+
+/// The event time: `rec`'s, else the pattern's time field.
+#[inline]
+fn decode_time<'v>(
+    a: &Automaton,
+    get: impl Fn(FieldRef) -> Option<Field<'v>>,
+    rec: &Record,
+) -> Result<i64, DecodeError> {
+    if let Some(t) = rec.time {
+        return Ok(t);
+    }
+    let tv = get(FieldRef::Time)
+        .ok_or_else(|| DecodeError(format!("missing time field `{}`", a.time.field.dotted())))?;
+    parse_time(tv, &a.time.format).map_err(DecodeError)
+}
+
+/// Where the events decoded from one record take their slots' values.
+#[derive(Clone, Copy)]
+pub(super) enum SlotValues<'r> {
+    /// The record's values, shared by patterns that keep many slots.
+    Record(&'r RecordValues),
+    /// The record's values decoded into the engine's scratch space, cloned
+    /// into each event.
+    Scratch(&'r [Value]),
+}
+
+/// The event of pattern `a`, whose captures are `at`, from a record's
+/// captured fields (`get`) and values.
+#[inline(always)]
+pub(super) fn decode_captured<'v>(
+    a: &Automaton,
+    at: &CaptureSlots,
+    get: impl Fn(FieldRef) -> Option<Field<'v>>,
+    rec: &Record,
+    values: SlotValues,
+    last: &mut LastDecoded,
+    raw: Option<Arc<serde_json::Value>>,
+) -> Result<Event, DecodeError> {
+    // A pattern keyed or timed unlike any other decodes its own.
+    let key = match at.key_as {
+        None => decode_key(a, &get, rec)?,
+        Some(like) => last.key(like, || decode_key(a, &get, rec))?,
     };
-    let time = match rec.time {
-        Some(t) => t,
-        None => {
-            let tv = get(FieldRef::Time).ok_or_else(|| {
-                DecodeError(format!("missing time field `{}`", a.time.field.dotted()))
-            })?;
-            parse_time(tv, &a.time.format).map_err(DecodeError)?
-        }
+    let time = match at.time_as {
+        None => decode_time(a, &get, rec)?,
+        Some(like) => last.time(like, || decode_time(a, &get, rec))?,
     };
-    let slots = Slots::from_fn(a.fields.paths.len(), slot_value);
+    let n = at.slots.len();
+    let slots = match values {
+        SlotValues::Record(r) if n > INLINE_SLOTS => Slots::Shared(r.clone(), at.map.clone()),
+        SlotValues::Record(r) => Slots::from_fn(n, |i| r[at.slots[i]].clone()),
+        SlotValues::Scratch(v) => Slots::from_fn(n, |i| v[at.slots[i]].clone()),
+    };
     Ok(Event {
         time,
         key,
         slots,
-        hash,
+        hash: rec.hash,
         raw,
     })
+}
+
+/// The key and the time decoded for the last pattern a record went to,
+/// kept for the next pattern that reads them from the same fields the
+/// same way: patterns on one stream are mostly keyed and timed alike (four
+/// of the five flight patterns by `tailnum`, all five by `time_hour`), and
+/// each is then decoded once a record, not once a pattern.
+#[derive(Default)]
+pub(super) struct LastDecoded {
+    key: Option<(usize, Result<Key, DecodeError>)>,
+    time: Option<(usize, Result<i64, DecodeError>)>,
+}
+
+impl LastDecoded {
+    /// The key of a pattern that decodes it like pattern `like` (the
+    /// first that decodes it the same way): the last one decoded if that
+    /// was decoded alike, else `decode`'s, kept for the next pattern.
+    #[inline]
+    fn key(
+        &mut self,
+        like: usize,
+        decode: impl FnOnce() -> Result<Key, DecodeError>,
+    ) -> Result<Key, DecodeError> {
+        remember(&mut self.key, like, decode)
+    }
+
+    /// As [`LastDecoded::key`], for the event time.
+    #[inline]
+    fn time(
+        &mut self,
+        like: usize,
+        decode: impl FnOnce() -> Result<i64, DecodeError>,
+    ) -> Result<i64, DecodeError> {
+        remember(&mut self.time, like, decode)
+    }
+}
+
+#[inline(always)]
+fn remember<T: Clone>(last: &mut Option<(usize, T)>, like: usize, decode: impl FnOnce() -> T) -> T {
+    match last {
+        Some((n, v)) if *n == like => v.clone(),
+        _ => last.insert((like, decode())).1.clone(),
+    }
+}
+
+/// One record's values for the events of every pattern it goes to (see
+/// [`RecordValues`]): value `c` is capture `c`'s, for the `captures` some
+/// pattern keeps in a slot (sorted), else missing.
+pub(super) fn record_values(
+    fields: &Fields,
+    captures: &[usize],
+    texts: &mut [TextCache],
+) -> RecordValues {
+    let mut wanted = captures.iter().copied().peekable();
+    // A range mapped has an exact length: one allocation, built in place.
+    (0..texts.len())
+        .map(|c| match wanted.next_if_eq(&c) {
+            Some(_) => texts[c].value(fields.get(c)),
+            None => Value::Missing,
+        })
+        .collect()
+}
+
+/// The texts one captured field decoded to lately, so that a text seen
+/// again shares the string made the first time instead of allocating its
+/// own: the cells patterns read are mostly a few values repeated (the
+/// flight year's carriers, airports and scheduled hours), and making and
+/// freeing one string a cell was a tenth of matching the year. A small
+/// table indexed by a hash of the text, each place holding the last text
+/// that fell there: bounded memory, no eviction policy to run.
+#[derive(Clone, Default)]
+pub(super) struct TextCache {
+    places: Vec<Option<Arc<str>>>,
+}
+
+/// Places in each field's [`TextCache`].
+const TEXT_PLACES: usize = 64;
+
+/// Texts longer than this are not looked up (rarely repeated, and slower
+/// to compare).
+const CACHED_TEXT: usize = 40;
+
+impl TextCache {
+    /// `field`'s value; a text from the cache when it holds it.
+    #[inline(always)]
+    pub(super) fn value(&mut self, field: Option<Field>) -> Value {
+        match field {
+            Some(Field::Str(s)) if s.len() <= CACHED_TEXT => Value::Str(self.text(s)),
+            Some(f) => f.to_value(),
+            None => Value::Missing,
+        }
+    }
+
+    #[inline(never)]
+    fn text(&mut self, s: &str) -> Arc<str> {
+        if self.places.is_empty() {
+            self.places = vec![None; TEXT_PLACES];
+        }
+        let mut h = rustc_hash::FxHasher::default();
+        h.write(s.as_bytes());
+        let place = &mut self.places[h.finish() as usize % TEXT_PLACES];
+        match place {
+            Some(t) if **t == *s => t.clone(),
+            _ => place.insert(Arc::from(s)).clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(v: &Value) -> &Arc<str> {
+        match v {
+            Value::Str(s) => s,
+            other => panic!("a text, found {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_text_seen_again_shares_its_string_and_every_value_is_its_own_text() {
+        let mut cache = TextCache::default();
+        let first = cache.value(Some(Field::Str("EWR")));
+        let again = cache.value(Some(Field::Str("EWR")));
+        assert!(Arc::ptr_eq(text(&first), text(&again)));
+        // More texts than places: collisions replace, values stay right.
+        let names: Vec<String> = (0..500).map(|n| format!("N{n}")).collect();
+        for round in 0..2 {
+            for n in &names {
+                let v = cache.value(Some(Field::Str(n)));
+                assert_eq!(&**text(&v), n.as_str(), "round {round}");
+            }
+        }
+        let long = "x".repeat(CACHED_TEXT + 1);
+        let (a, b) = (
+            cache.value(Some(Field::Str(&long))),
+            cache.value(Some(Field::Str(&long))),
+        );
+        assert_eq!(a, b);
+        assert!(!Arc::ptr_eq(text(&a), text(&b)));
+        assert_eq!(cache.value(Some(Field::Int(7))), Value::Int(7));
+        assert_eq!(cache.value(None), Value::Missing);
+    }
 }

@@ -31,14 +31,14 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::Automaton;
-use crate::event::{DecodeError, Event, Key};
+use crate::event::{DecodeError, Event, Key, SlotMap, INLINE_SLOTS};
 use crate::extract::{Captures, Extractor, Field, Fields};
 use crate::time::{Admit, ReorderBuffer};
 use crate::value::Value;
 
 pub use alert::{Alert, AlertKind};
-use decode::decode_parts;
 pub use decode::{decode, decode_with, FieldRef};
+use decode::{decode_captured, decode_parts, record_values, LastDecoded, SlotValues, TextCache};
 pub use matcher::{KeyChange, KeyRuns, Limits, MatchStats, Matcher};
 use pattern_matcher::PatternMatcher;
 
@@ -212,35 +212,43 @@ pub struct Engine {
     scratch: Captures,
     /// The captured fields' values of the record at hand, by capture.
     values: Vec<Value>,
+    /// Each capture's recent texts (see [`decode::TextCache`]).
+    texts: Vec<TextCache>,
     /// The captures some pattern keeps in an event slot.
     slot_captures: SlotCaptures,
     /// The columns of the last CSV header seen, as captures.
     csv_columns: Option<(Arc<[String]>, Columns)>,
     /// List changed keys for [`Engine::take_changes`].
     track_changes: bool,
+    /// Whether some patterns decode a key, a time or slot values alike,
+    /// which they then decode once a record (see [`CaptureSlots`]).
+    alike: bool,
 }
 
 /// The captures patterns keep in event slots: those of every pattern (a
 /// record of no named stream goes to all), and those of each stream's
 /// patterns, so that a record decodes only what the patterns it goes to
-/// read.
+/// read. Each list says whether its patterns share one record's values
+/// (see [`crate::event::RecordValues`]): when two or more of them keep
+/// more slots than an event holds inline.
 struct SlotCaptures {
-    all: Vec<usize>,
-    by_stream: Vec<(String, Vec<usize>)>,
+    all: (Vec<usize>, bool),
+    by_stream: Vec<(String, (Vec<usize>, bool))>,
 }
 
 impl SlotCaptures {
     fn new(patterns: &[(Automaton, PatternState)], fields: &[CaptureSlots]) -> SlotCaptures {
         let of = |pick: &dyn Fn(&Automaton) -> bool| {
-            let mut captures: Vec<usize> = patterns
-                .iter()
-                .zip(fields)
-                .filter(|((a, _), _)| pick(a))
+            let picked = || patterns.iter().zip(fields).filter(|((a, _), _)| pick(a));
+            let mut captures: Vec<usize> = picked()
                 .flat_map(|(_, f)| f.slots.iter().copied())
                 .collect();
             captures.sort_unstable();
             captures.dedup();
-            captures
+            let wide = picked()
+                .filter(|(_, f)| f.slots.len() > INLINE_SLOTS)
+                .count();
+            (captures, wide >= 2)
         };
         let mut streams: Vec<&str> = patterns.iter().map(|(a, _)| a.stream.as_str()).collect();
         streams.sort_unstable();
@@ -254,17 +262,34 @@ impl SlotCaptures {
         }
     }
 
-    /// The captures to decode for a record of `stream`.
-    fn of(&self, stream: Option<&str>) -> &[usize] {
-        match stream {
-            None => &self.all,
-            Some(s) => self
-                .by_stream
-                .iter()
-                .find(|(name, _)| name == s)
-                .map_or(&[], |(_, c)| c),
-        }
+    /// Whether the patterns of some stream share records' values.
+    fn any_shared(&self) -> bool {
+        self.all.1 || self.by_stream.iter().any(|(_, (_, share))| *share)
     }
+
+    /// The captures to decode for a record of `stream`, and whether its
+    /// patterns share them.
+    fn of(&self, stream: Option<&str>) -> (&[usize], bool) {
+        let (captures, share) = match stream {
+            None => &self.all,
+            Some(s) => match self.by_stream.iter().find(|(name, _)| name == s) {
+                Some((_, of)) => of,
+                None => return (&[], false),
+            },
+        };
+        (captures, *share)
+    }
+}
+
+/// For each of `n` patterns, the first pattern `same` says it is like, when
+/// it is like any other.
+fn alike(n: usize, same: impl Fn(usize, usize) -> bool) -> Vec<Option<usize>> {
+    (0..n)
+        .map(|i| {
+            let first = (0..n).find(|&j| same(i, j)).unwrap_or(i);
+            (0..n).any(|j| j != i && same(i, j)).then_some(first)
+        })
+        .collect()
 }
 
 /// The capture each column of a CSV header fills, if any.
@@ -275,6 +300,15 @@ struct CaptureSlots {
     key: Vec<usize>,
     time: usize,
     slots: Vec<usize>,
+    /// `slots` again, for events whose slots a record shares.
+    map: SlotMap,
+    /// Which patterns decode the key alike (from the same captures), when
+    /// another pattern does too: the same number for all of them (the
+    /// first one's index when the engine was built; only compared, so a
+    /// retired pattern leaves it valid). The same for the time, from the
+    /// same capture with the same format (see [`decode::LastDecoded`]).
+    key_as: Option<usize>,
+    time_as: Option<usize>,
 }
 
 impl Engine {
@@ -299,16 +333,38 @@ impl Engine {
             })
             .collect::<Vec<_>>();
         let mut extractor = Extractor::new();
-        let fields: Vec<CaptureSlots> = patterns
+        let mut fields: Vec<CaptureSlots> = patterns
             .iter()
-            .map(|(a, _)| CaptureSlots {
-                key: a.key_paths.iter().map(|p| extractor.add(p)).collect(),
-                time: extractor.add(&a.time.field.segments),
-                slots: a.fields.paths.iter().map(|p| extractor.add(p)).collect(),
+            .map(|(a, _)| {
+                let slots: Vec<usize> = a.fields.paths.iter().map(|p| extractor.add(p)).collect();
+                CaptureSlots {
+                    key: a.key_paths.iter().map(|p| extractor.add(p)).collect(),
+                    time: extractor.add(&a.time.field.segments),
+                    map: slots.iter().map(|&c| c as u32).collect(),
+                    slots,
+                    key_as: None,
+                    time_as: None,
+                }
             })
             .collect();
+        let same_key = |i: usize, j: usize| fields[i].key == fields[j].key;
+        let same_time = |i: usize, j: usize| {
+            fields[i].time == fields[j].time
+                && patterns[i].0.time.format == patterns[j].0.time.format
+        };
+        let key_as = alike(fields.len(), same_key);
+        let time_as = alike(fields.len(), same_time);
+        for (f, (k, t)) in fields.iter_mut().zip(key_as.into_iter().zip(time_as)) {
+            (f.key_as, f.time_as) = (k, t);
+        }
         let slot_captures = SlotCaptures::new(&patterns, &fields);
+        let alike = slot_captures.any_shared()
+            || fields
+                .iter()
+                .any(|f| f.key_as.is_some() || f.time_as.is_some());
         Engine {
+            alike,
+            texts: vec![TextCache::default(); extractor.len()],
             config,
             patterns,
             extractor,
@@ -464,40 +520,77 @@ impl Engine {
         out: &mut Output,
         doc: impl Fn() -> serde_json::Value,
     ) -> Option<i64> {
+        // Compiled twice: an engine whose patterns share nothing decodes as
+        // it did before they could. (One loop for both cost the peer file's
+        // single pattern 6 % in an A/B of nine runs, though only 3 % more
+        // instructions: the key and the event moved through more places.)
+        if self.alike {
+            self.push_captured_as::<true>(stream, rec, fields, out, doc)
+        } else {
+            self.push_captured_as::<false>(stream, rec, fields, out, doc)
+        }
+    }
+
+    /// [`Engine::push_captured`]; `ALIKE`: some patterns decode a key, a
+    /// time or slot values alike (see [`Engine::alike`]).
+    #[inline(always)]
+    fn push_captured_as<const ALIKE: bool>(
+        &mut self,
+        stream: Option<&str>,
+        rec: &Record,
+        fields: Fields,
+        out: &mut Output,
+        doc: impl Fn() -> serde_json::Value,
+    ) -> Option<i64> {
         let mut built: Option<Arc<serde_json::Value>> = None;
         let whole = |built: &mut Option<Arc<serde_json::Value>>| {
             built.get_or_insert_with(|| Arc::new(doc())).clone()
         };
-        // Each field's value once per record, whatever the number of
-        // patterns reading it: a text becomes one shared string (the flight
-        // patterns read the same cells; one allocation each per pattern
-        // was a fifth of matching the year).
+        let (captures, share) = self.slot_captures.of(stream);
+        let record = (ALIKE && share).then(|| record_values(&fields, captures, &mut self.texts));
+        // Without a shared record, each field's value is still decoded once
+        // per record, whatever the number of patterns reading it: a text
+        // becomes one shared string (the flight patterns read the same
+        // cells; one allocation each per pattern was a fifth of matching
+        // the year).
         let mut values = std::mem::take(&mut self.values);
-        // Only the slot captures of the patterns the record goes to are
-        // read, and each of them is overwritten here.
-        values.resize(self.extractor.len(), Value::Missing);
-        for &c in self.slot_captures.of(stream) {
-            values[c] = fields.get(c).map_or(Value::Missing, Field::to_value);
+        if record.is_none() {
+            // Only the slot captures of the patterns the record goes to are
+            // read, and each of them is overwritten here.
+            values.resize(self.extractor.len(), Value::Missing);
+            for &c in captures {
+                // Texts repeat across records whatever the patterns, but
+                // looking them up cost the peer file's one pattern 3 %
+                // (it reads no text); only patterns alike use the cache.
+                values[c] = match ALIKE {
+                    true => self.texts[c].value(fields.get(c)),
+                    false => fields.get(c).map_or(Value::Missing, Field::to_value),
+                };
+            }
         }
+        let mut last = LastDecoded::default();
         let mut newest = None;
         for i in 0..self.patterns.len() {
             let a = &self.patterns[i].0;
             if stream.is_some_and(|s| s != a.stream) {
                 continue;
             }
-            let raw = self.config.include_events.then(|| whole(&mut built));
             let at = &self.fields[i];
-            let decoded = decode_parts(
-                a,
-                |f| match f {
-                    FieldRef::Key(n) => fields.get(at.key[n]),
-                    FieldRef::Time => fields.get(at.time),
-                    FieldRef::Slot(n) => fields.get(at.slots[n]),
-                },
-                |n| values[at.slots[n]].clone(),
-                rec,
-                raw,
-            );
+            let get = |f| match f {
+                FieldRef::Key(n) => fields.get(at.key[n]),
+                FieldRef::Time => fields.get(at.time),
+                FieldRef::Slot(n) => fields.get(at.slots[n]),
+            };
+            let raw = self.config.include_events.then(|| whole(&mut built));
+            let decoded = if ALIKE {
+                let slot_values = match &record {
+                    Some(r) => SlotValues::Record(r),
+                    None => SlotValues::Scratch(&values),
+                };
+                decode_captured(a, at, get, rec, slot_values, &mut last, raw)
+            } else {
+                decode_parts(a, get, |n| values[at.slots[n]].clone(), rec, raw)
+            };
             if let Ok(ev) = &decoded {
                 newest = newest.max(Some(ev.time));
             }

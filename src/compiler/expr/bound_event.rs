@@ -35,7 +35,7 @@ struct Kept {
     raw: Option<Arc<serde_json::Value>>,
 }
 
-const NO_SLOTS: &[Value] = &[];
+const NO_SLOTS: &Slots = &Slots::Inline(0, [Value::Missing, Value::Missing]);
 
 impl BoundEvent {
     /// `ev` as a variable binds it; its field values kept when `read`.
@@ -60,8 +60,8 @@ impl BoundEvent {
 
     /// The field values, in slot order; none when the pattern reads none.
     #[inline]
-    pub fn slots(&self) -> &[Value] {
-        self.kept.as_ref().map_or(NO_SLOTS, |k| k.slots.as_slice())
+    pub fn slots(&self) -> &Slots {
+        self.kept.as_ref().map_or(NO_SLOTS, |k| &k.slots)
     }
 
     /// The value in slot `s` (missing when not kept).
@@ -83,8 +83,7 @@ impl BoundEvent {
         slots: Slots,
         raw: Option<Arc<serde_json::Value>>,
     ) -> BoundEvent {
-        let kept =
-            (!slots.as_slice().is_empty() || raw.is_some()).then(|| Box::new(Kept { slots, raw }));
+        let kept = (!slots.is_empty() || raw.is_some()).then(|| Box::new(Kept { slots, raw }));
         BoundEvent { time, hash, kept }
     }
 }
@@ -92,7 +91,7 @@ impl BoundEvent {
 #[derive(Serialize)]
 struct SavedRef<'a> {
     time: i64,
-    slots: &'a [Value],
+    slots: &'a Slots,
     hash: u64,
     raw: Option<&'a serde_json::Value>,
 }
