@@ -341,9 +341,14 @@ pub fn parse_time(v: Field, format: &TimeFormat) -> Result<i64, String> {
             .parse::<f64>()
             .map(|x| (x * 1000.0).round() as i64)
             .map_err(|_| bad(s, "epoch seconds")),
-        (TimeFormat::Auto | TimeFormat::Rfc3339, Field::Str(s)) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.timestamp_millis())
-            .map_err(|_| bad(s, "an RFC 3339 timestamp")),
+        (TimeFormat::Auto | TimeFormat::Rfc3339, Field::Str(s)) => {
+            match crate::time::rfc3339::epoch_millis(s) {
+                Some(ms) => Ok(ms),
+                None => DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.timestamp_millis())
+                    .map_err(|_| bad(s, "an RFC 3339 timestamp")),
+            }
+        }
         (TimeFormat::Chrono(f), Field::Str(s)) => DateTime::parse_from_str(s, f)
             .map(|t| t.timestamp_millis())
             .or_else(|_| {

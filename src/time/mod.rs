@@ -12,6 +12,7 @@
 //! behaves exactly like the live day did.
 
 pub mod partitions;
+pub mod rfc3339;
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
