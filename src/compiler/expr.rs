@@ -163,6 +163,10 @@ impl CExpr {
             CExpr::Bin(BinaryOp::Eq, l, r) => l.eval(env).equals(&r.eval(env)),
             CExpr::Not(x) => !x.test(env),
             CExpr::FieldCmpNum(op, slot, n) => field_cmp_num(*op, *slot, *n, env),
+            // `is missing`, `is null` and their negations, without a
+            // boolean value made and read back (the flight patterns test
+            // every event for a cancellation this way).
+            CExpr::Is(x, test, negated) => is(&x.eval(env), *test) != *negated,
             _ => self.eval(env).truthy(),
         }
     }
@@ -224,14 +228,7 @@ impl CExpr {
             CExpr::Matches(x, re) => Owned(Value::Bool(
                 x.eval(env).text().is_some_and(|t| re.is_match(t.as_ref())),
             )),
-            CExpr::Is(x, test, negated) => {
-                let v = x.eval(env);
-                let hit = match test {
-                    IsTest::Null => matches!(v.as_ref(), Value::Null),
-                    IsTest::Missing => matches!(v.as_ref(), Value::Missing),
-                };
-                Owned(Value::Bool(hit != *negated))
-            }
+            CExpr::Is(x, test, negated) => Owned(Value::Bool(is(&x.eval(env), *test) != *negated)),
             CExpr::Call(f, x) => Owned(builtin(*f, x.eval(env).as_ref())),
             CExpr::FieldCmpNum(..) => Owned(Value::Bool(self.test(env))),
             CExpr::Info(i) => Owned(match i {
@@ -251,6 +248,15 @@ impl CExpr {
                     .map_or(Value::Null, |h| h.since_previous(env.as_of(), *horizon)),
             ),
         }
+    }
+}
+
+/// Whether `v` passes `test` (before any `not`).
+#[inline]
+fn is(v: &Value, test: IsTest) -> bool {
+    match test {
+        IsTest::Null => matches!(v, Value::Null),
+        IsTest::Missing => matches!(v, Value::Missing),
     }
 }
 
