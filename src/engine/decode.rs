@@ -14,7 +14,7 @@ use crate::extract::Field;
 use crate::extract::Fields;
 use crate::value::Value;
 
-use super::{CaptureSlots, Record};
+use super::{captures::CaptureSlots, Record};
 
 /// A field a pattern reads, as [`decode_with`] asks for it.
 #[derive(Clone, Copy, Debug)]

@@ -15,6 +15,7 @@
 //! drive it directly, and the service will drive it from Kafka.
 
 pub mod alert;
+mod captures;
 mod decode;
 mod history_slot;
 mod key_map;
@@ -31,12 +32,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::Automaton;
-use crate::event::{DecodeError, Event, Key, SlotMap, INLINE_SLOTS};
+use crate::event::{DecodeError, Event, Key};
 use crate::extract::{Captures, Extractor, Field, Fields};
 use crate::time::{Admit, ReorderBuffer};
 use crate::value::Value;
 
 pub use alert::{Alert, AlertKind};
+use captures::{capture_slots, CaptureSlots, Columns, SlotCaptures};
 pub use decode::{decode, decode_with, FieldRef};
 use decode::{decode_captured, decode_parts, record_values, LastDecoded, SlotValues, TextCache};
 pub use matcher::{KeyChange, KeyRuns, Limits, MatchStats, Matcher};
@@ -225,92 +227,6 @@ pub struct Engine {
     alike: bool,
 }
 
-/// The captures patterns keep in event slots: those of every pattern (a
-/// record of no named stream goes to all), and those of each stream's
-/// patterns, so that a record decodes only what the patterns it goes to
-/// read. Each list says whether its patterns share one record's values
-/// (see [`crate::event::RecordValues`]): when two or more of them keep
-/// more slots than an event holds inline.
-struct SlotCaptures {
-    all: (Vec<usize>, bool),
-    by_stream: Vec<(String, (Vec<usize>, bool))>,
-}
-
-impl SlotCaptures {
-    fn new(patterns: &[(Automaton, PatternState)], fields: &[CaptureSlots]) -> SlotCaptures {
-        let of = |pick: &dyn Fn(&Automaton) -> bool| {
-            let picked = || patterns.iter().zip(fields).filter(|((a, _), _)| pick(a));
-            let mut captures: Vec<usize> = picked()
-                .flat_map(|(_, f)| f.slots.iter().copied())
-                .collect();
-            captures.sort_unstable();
-            captures.dedup();
-            let wide = picked()
-                .filter(|(_, f)| f.slots.len() > INLINE_SLOTS)
-                .count();
-            (captures, wide >= 2)
-        };
-        let mut streams: Vec<&str> = patterns.iter().map(|(a, _)| a.stream.as_str()).collect();
-        streams.sort_unstable();
-        streams.dedup();
-        SlotCaptures {
-            all: of(&|_| true),
-            by_stream: streams
-                .into_iter()
-                .map(|s| (s.to_string(), of(&|a| a.stream == s)))
-                .collect(),
-        }
-    }
-
-    /// Whether the patterns of some stream share records' values.
-    fn any_shared(&self) -> bool {
-        self.all.1 || self.by_stream.iter().any(|(_, (_, share))| *share)
-    }
-
-    /// The captures to decode for a record of `stream`, and whether its
-    /// patterns share them.
-    fn of(&self, stream: Option<&str>) -> (&[usize], bool) {
-        let (captures, share) = match stream {
-            None => &self.all,
-            Some(s) => match self.by_stream.iter().find(|(name, _)| name == s) {
-                Some((_, of)) => of,
-                None => return (&[], false),
-            },
-        };
-        (captures, *share)
-    }
-}
-
-/// For each of `n` patterns, the first pattern `same` says it is like, when
-/// it is like any other.
-fn alike(n: usize, same: impl Fn(usize, usize) -> bool) -> Vec<Option<usize>> {
-    (0..n)
-        .map(|i| {
-            let first = (0..n).find(|&j| same(i, j)).unwrap_or(i);
-            (0..n).any(|j| j != i && same(i, j)).then_some(first)
-        })
-        .collect()
-}
-
-/// The capture each column of a CSV header fills, if any.
-type Columns = Vec<Option<usize>>;
-
-/// Capture numbers of one pattern's key paths, time and slots.
-struct CaptureSlots {
-    key: Vec<usize>,
-    time: usize,
-    slots: Vec<usize>,
-    /// `slots` again, for events whose slots a record shares.
-    map: SlotMap,
-    /// Which patterns decode the key alike (from the same captures), when
-    /// another pattern does too: the same number for all of them (the
-    /// first one's index when the engine was built; only compared, so a
-    /// retired pattern leaves it valid). The same for the time, from the
-    /// same capture with the same format (see [`decode::LastDecoded`]).
-    key_as: Option<usize>,
-    time_as: Option<usize>,
-}
-
 impl Engine {
     pub fn new(automata: Vec<Automaton>, config: EngineConfig) -> Engine {
         let patterns = automata
@@ -333,30 +249,7 @@ impl Engine {
             })
             .collect::<Vec<_>>();
         let mut extractor = Extractor::new();
-        let mut fields: Vec<CaptureSlots> = patterns
-            .iter()
-            .map(|(a, _)| {
-                let slots: Vec<usize> = a.fields.paths.iter().map(|p| extractor.add(p)).collect();
-                CaptureSlots {
-                    key: a.key_paths.iter().map(|p| extractor.add(p)).collect(),
-                    time: extractor.add(&a.time.field.segments),
-                    map: slots.iter().map(|&c| c as u32).collect(),
-                    slots,
-                    key_as: None,
-                    time_as: None,
-                }
-            })
-            .collect();
-        let same_key = |i: usize, j: usize| fields[i].key == fields[j].key;
-        let same_time = |i: usize, j: usize| {
-            fields[i].time == fields[j].time
-                && patterns[i].0.time.format == patterns[j].0.time.format
-        };
-        let key_as = alike(fields.len(), same_key);
-        let time_as = alike(fields.len(), same_time);
-        for (f, (k, t)) in fields.iter_mut().zip(key_as.into_iter().zip(time_as)) {
-            (f.key_as, f.time_as) = (k, t);
-        }
+        let fields = capture_slots(&patterns, &mut extractor);
         let slot_captures = SlotCaptures::new(&patterns, &fields);
         let alike = slot_captures.any_shared()
             || fields
