@@ -10,8 +10,7 @@ use crate::compiler::Automaton;
 use crate::event::{
     lookup, parse_time, DecodeError, Event, Key, RecordValues, Slots, INLINE_SLOTS, KEY_SEPARATOR,
 };
-use crate::extract::Field;
-use crate::extract::Fields;
+use crate::extract::{Field, Fields};
 use crate::value::Value;
 
 use super::{captures::CaptureSlots, Record};
