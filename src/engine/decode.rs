@@ -289,8 +289,9 @@ pub(super) fn record_values(
 /// The texts one captured field decoded to lately, so that a text seen
 /// again shares the string made the first time instead of allocating its
 /// own: the cells patterns read are mostly a few values repeated (the
-/// flight year's carriers, airports and scheduled hours), and making and
-/// freeing one string a cell was a tenth of matching the year. A small
+/// flight year's carriers, airports and scheduled hours); on its first
+/// 100,000 sorted rows the cache saved 2.5 % of the instructions (a string
+/// made and freed a cell, five a row). A small
 /// table indexed by a hash of the text, each place holding the last text
 /// that fell there: bounded memory, no eviction policy to run.
 #[derive(Clone, Default)]
