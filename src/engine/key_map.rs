@@ -17,6 +17,13 @@
 //! key has gone, or whose slot now holds another key, is recognised by
 //! the entry's own deadline (see [`super::matcher`]).
 //!
+//! With millions of keys every lookup is a cache miss twice over (the
+//! index, then the entry), so the map lets the engine fetch both ahead of
+//! an event ([`KeyMap::prefetch_index`], then [`KeyMap::prefetch`]), and
+//! keeps slab and index in 2 MiB pages where the system allows
+//! ([`super::huge_pages`]): with 4 KiB pages each miss also missed the
+//! address translation.
+//!
 //! Iteration goes in slot order, which depends on the order keys came and
 //! went; nothing that must be reproducible depends on it (changes and
 //! fired timers are put in key order where order matters).
@@ -25,20 +32,26 @@ use std::fmt;
 use std::hash::Hasher;
 use std::marker::PhantomData;
 
+use allocator_api2::vec::Vec;
 use hashbrown::HashTable;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::huge_pages::HugePages;
 use crate::event::Key;
 
 /// Where a key's entry lives: its index in the slab.
 pub type Slot = u32;
 
-#[derive(Clone)]
 pub struct KeyMap<V> {
     /// Slot numbers, hashed by their key.
-    index: HashTable<Slot>,
-    slab: Vec<Entry<V>>,
+    index: HashTable<Slot, HugePages>,
+    /// Where the index keeps its control bytes, for
+    /// [`KeyMap::prefetch_index`]; 0 while unknown. An address hint only:
+    /// it is never read through, and a stale one (the table moved) costs
+    /// useless fetches, nothing else.
+    ctrl: usize,
+    slab: Vec<Entry<V>, HugePages>,
     /// The first vacant slot, `NONE` when every slot is taken.
     free: Slot,
     len: usize,
@@ -69,8 +82,9 @@ fn hash_of(key: &Key) -> u64 {
 impl<V> Default for KeyMap<V> {
     fn default() -> KeyMap<V> {
         KeyMap {
-            index: HashTable::new(),
-            slab: Vec::new(),
+            index: HashTable::new_in(HugePages),
+            ctrl: 0,
+            slab: Vec::new_in(HugePages),
             free: NONE,
             len: 0,
         }
@@ -96,6 +110,27 @@ impl<V> KeyMap<V> {
         self.at(s).map(|(_, v)| v)
     }
 
+    /// Starts fetching the index bucket where a lookup of `key` begins,
+    /// for an event that comes a little later than the one whose entry
+    /// [`KeyMap::prefetch`] fetches: the two stages together take both
+    /// misses of a lookup (the index's and the entry's) off the event's
+    /// path. Without it, `prefetch` itself waits for the index.
+    ///
+    /// The address follows hashbrown's layout: a table of `n` buckets
+    /// keeps `n` control bytes at `ctrl` and bucket `i`'s value at
+    /// `ctrl - (i + 1) * size_of::<Slot>()`, and a lookup starts at bucket
+    /// `hash & (n - 1)` (checked by the test `index_layout_is_known`).
+    #[inline]
+    pub fn prefetch_index(&self, key: &Key) {
+        if !self.prefetching() || self.ctrl == 0 {
+            return;
+        }
+        let at = hash_of(key) as usize & (self.index.num_buckets() - 1);
+        let ctrl = self.ctrl as *const u8;
+        prefetch(ctrl.wrapping_add(at));
+        prefetch(ctrl.wrapping_sub((at + 1) * std::mem::size_of::<Slot>()));
+    }
+
     /// Starts fetching the entry of `key` into the cache, for an event
     /// that comes a few events later (see [`super::PatternState`]'s
     /// release loop). The slot is the first whose tag matches, without
@@ -105,18 +140,31 @@ impl<V> KeyMap<V> {
     #[inline]
     pub fn prefetch(&self, key: &Key) {
         // A small map stays in cache by itself; the lookup would be waste.
-        if self.slab.len() < PREFETCH_FROM {
+        if !self.prefetching() {
             return;
         }
-        if let Some(&s) = self.index.find(hash_of(key), |_| true) {
+        if let Some(s) = self.guess_slot(key) {
             self.fetch(s);
         }
+    }
+
+    /// Whether the map is large enough for prefetching to pay.
+    #[inline]
+    pub fn prefetching(&self) -> bool {
+        self.slab.len() >= PREFETCH_FROM
+    }
+
+    /// The first slot whose tag matches `key`'s: its slot, unless another
+    /// key shares the tag (one in 128). For prefetching only.
+    #[inline]
+    pub fn guess_slot(&self, key: &Key) -> Option<Slot> {
+        self.index.find(hash_of(key), |_| true).copied()
     }
 
     /// Starts fetching the entry in slot `s` (a timer's key, due soon).
     #[inline]
     pub fn prefetch_slot(&self, s: Slot) {
-        if self.slab.len() >= PREFETCH_FROM {
+        if self.prefetching() {
             self.fetch(s);
         }
     }
@@ -205,8 +253,11 @@ impl<V> KeyMap<V> {
             s
         };
         let slab = &self.slab;
-        self.index
+        let placed = self
+            .index
             .insert_unique(hash, s, |&t| slab[t as usize].key().map_or(0, hash_of));
+        // The table may have grown and moved.
+        self.ctrl = ctrl_of(placed.bucket_index(), placed.get());
         self.len += 1;
         s
     }
@@ -263,6 +314,39 @@ impl<V> KeyMap<V> {
             Entry::Taken(k, v) => Some((k, v)),
             Entry::Vacant(_) => None,
         })
+    }
+}
+
+/// The address of a table's control bytes, from one of its buckets (see
+/// [`KeyMap::prefetch_index`]).
+fn ctrl_of(bucket: usize, value: &Slot) -> usize {
+    value as *const Slot as usize + (bucket + 1) * std::mem::size_of::<Slot>()
+}
+
+impl<V: Clone> Clone for KeyMap<V> {
+    /// The copy's table lives elsewhere: its hint is found anew.
+    fn clone(&self) -> KeyMap<V> {
+        let index = self.index.clone();
+        let ctrl = (0..index.num_buckets())
+            .find_map(|b| Some(ctrl_of(b, index.get_bucket(b)?)))
+            .unwrap_or(0);
+        KeyMap {
+            index,
+            ctrl,
+            slab: self.slab.clone(),
+            free: self.free,
+            len: self.len,
+        }
+    }
+}
+
+/// Asks the processor to bring the `size` bytes at `at` closer.
+#[inline(always)]
+pub(super) fn prefetch_span(at: usize, size: usize) {
+    let at = at as *const u8;
+    prefetch(at);
+    if size > 64 {
+        prefetch(at.wrapping_add(size - 1));
     }
 }
 
@@ -396,9 +480,42 @@ mod tests {
         }
         let before = format!("{map:?}");
         for k in keys.iter().chain([&Key::new("absent")]) {
+            map.prefetch_index(k);
             map.prefetch(k);
         }
         assert_eq!(format!("{map:?}"), before);
+    }
+
+    /// The layout [`KeyMap::prefetch_index`] assumes holds for the
+    /// hashbrown in use: every bucket sits where the hint says, and keys
+    /// sit within a group (16 buckets) of where their lookup starts.
+    #[test]
+    fn index_layout_is_known() {
+        let keys: Vec<Key> = (0..50_000).map(|n| Key::new(&format!("k{n}"))).collect();
+        let map: KeyMap<usize> = keys.iter().cloned().zip(0..).collect();
+        for m in [&map, &map.clone()] {
+            let n = m.index.num_buckets();
+            let full: Vec<usize> = (0..n)
+                .filter(|&b| m.index.get_bucket(b).is_some())
+                .collect();
+            assert_eq!(full.len(), keys.len());
+            for b in full {
+                assert_eq!(ctrl_of(b, m.index.get_bucket(b).unwrap()), m.ctrl);
+            }
+            let near = keys
+                .iter()
+                .filter(|k| {
+                    let start = hash_of(k) as usize & (n - 1);
+                    let at = m.index.find_bucket_index(hash_of(k), |_| true).unwrap();
+                    (at.wrapping_sub(start) & (n - 1)) < 16
+                })
+                .count();
+            assert!(
+                near * 10 >= keys.len() * 9,
+                "{near} of {} near their start",
+                keys.len()
+            );
+        }
     }
 
     #[test]

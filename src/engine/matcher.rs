@@ -39,7 +39,7 @@ use crate::history::KeyHistory;
 
 use super::alert::Alert;
 use super::history_slot::HistorySlot;
-use super::key_map::{KeyMap, Slot};
+use super::key_map::{prefetch_span, KeyMap, Slot};
 use super::timers::Timers;
 
 mod step;
@@ -334,6 +334,53 @@ impl<H: HistorySlot> Matcher<H> {
         self.keys.prefetch(key);
     }
 
+    /// Starts fetching where the lookup of `key` begins, for an event
+    /// that comes after those [`Matcher::prefetch`] is asked about.
+    #[inline]
+    pub fn prefetch_index(&self, key: &Key) {
+        self.keys.prefetch_index(key);
+    }
+
+    /// Starts fetching the newest binding of `key`'s first run, for an
+    /// event that comes before those [`Matcher::prefetch`] is asked
+    /// about: its entry is in cache (or on its way), the binding is the
+    /// next miss (a step or an expiry reads it).
+    #[inline]
+    pub fn prefetch_run(&self, key: &Key) {
+        if self.keys.prefetching() {
+            if let Some(s) = self.keys.guess_slot(key) {
+                self.fetch_run(s);
+            }
+        }
+    }
+
+    /// The entry in slot `s` is in cache: fetches the first run's binding
+    /// or, for runs that left the entry for a list of their own, that list
+    /// (reading through it would wait for it).
+    #[inline]
+    fn fetch_run(&self, s: Slot) {
+        let Some((_, ks)) = self.keys.at(s) else {
+            return;
+        };
+        if ks.runs.spilled() {
+            let size = ks.runs.len() * std::mem::size_of::<Run>();
+            prefetch_span(ks.runs.as_ptr() as usize, size);
+        } else if let Some((at, size)) = ks.runs.first().and_then(|r| r.bindings.newest_link()) {
+            prefetch_span(at, size);
+        }
+    }
+
+    /// For a timer due soon whose entry is in cache (or on its way): what
+    /// firing it reads next, the run's binding and, should the key go,
+    /// its index bucket.
+    #[inline]
+    fn prefetch_expiry(&self, s: Slot) {
+        if let Some((key, _)) = self.keys.at(s).filter(|_| self.keys.prefetching()) {
+            self.keys.prefetch_index(key);
+            self.fetch_run(s);
+        }
+    }
+
     /// Offers one event, in event-time order for its key.
     #[inline]
     pub fn on_event(&mut self, a: &Automaton, ev: Event, lim: Limits, out: &mut Vec<Alert>) {
@@ -396,15 +443,23 @@ impl<H: HistorySlot> Matcher<H> {
                 runs.drain(..excess);
                 self.stats.runs_dropped += excess as u64;
             }
+            settle_runs(runs);
         }
         // Recorded after every condition saw the event: history excludes it.
         if let Some(h) = history.get_mut() {
             self.stats.history_evictions += h.record(&a.history, ev);
         }
-        // As `reschedule`, on the entry at hand (one lookup per event).
+        // As `reschedule`, on the entry at hand (one lookup per event), but
+        // a deadline that moved later is queued now too, not when the old
+        // one fires: it is most often the latest so far (this event's time
+        // plus the window), which the timer queue takes in constant time,
+        // where a deadline queued at the old one's firing is behind the
+        // queue's back and goes to its heap. With a million keys waiting,
+        // that heap's sifting was a quarter of firing timers (perf, key
+        // curve at 10M keys). The old timer stays queued and is stale.
         let next = next_deadline(a, ks, lim);
         let push = match next {
-            Next::At(d) if ks.scheduled.get().is_none_or(|s| d < s) => {
+            Next::At(d) if ks.scheduled.get() != Some(d) => {
                 ks.scheduled = Scheduled::at(d);
                 Some(d)
             }
@@ -487,8 +542,11 @@ impl<H: HistorySlot> Matcher<H> {
         while let Some(deadline) = self.timers.next_deadline().filter(|&d| d <= watermark) {
             // As for events (see `PatternState::release_ready`): the key of
             // a timer due soon is fetched now.
-            if let Some(soon) = self.timers.ahead(TIMERS_AHEAD) {
-                self.keys.prefetch_slot(soon);
+            if let Some(later) = self.timers.ahead(TIMERS_AHEAD) {
+                self.keys.prefetch_slot(later);
+            }
+            if let Some(soon) = self.timers.ahead(TIMERS_AHEAD / 2) {
+                self.prefetch_expiry(soon);
             }
             for slot in self.due_at(deadline) {
                 self.fire_slot(a, slot, deadline, watermark, lim, out);
@@ -549,6 +607,7 @@ impl<H: HistorySlot> Matcher<H> {
             history: history.get(),
         };
         cx.expire(runs, watermark);
+        settle_runs(runs);
         self.reschedule(a, slot, lim);
     }
 
@@ -573,6 +632,17 @@ impl<H: HistorySlot> Matcher<H> {
             ks.scheduled = Scheduled::at(deadline);
             self.timers.push(deadline, slot);
         }
+    }
+}
+
+/// Moves a key's runs back into its entry once they fit there again: a
+/// list left on the heap costs the key a cache miss on every later event
+/// (the key curve's keys mostly held one run, many from a list grown for
+/// two at one event), and its memory.
+#[inline]
+fn settle_runs(runs: &mut RunList) {
+    if runs.spilled() && runs.len() <= runs.inline_size() {
+        runs.shrink_to_fit();
     }
 }
 

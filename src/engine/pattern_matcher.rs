@@ -115,6 +115,16 @@ impl PatternMatcher {
         each!(self, m => m.prefetch(key))
     }
 
+    #[inline]
+    pub fn prefetch_index(&self, key: &Key) {
+        each!(self, m => m.prefetch_index(key))
+    }
+
+    #[inline]
+    pub fn prefetch_run(&self, key: &Key) {
+        each!(self, m => m.prefetch_run(key))
+    }
+
     pub fn rebuild_timers(&mut self) {
         each!(self, m => m.rebuild_timers())
     }

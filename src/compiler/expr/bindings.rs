@@ -51,6 +51,15 @@ impl Bindings {
         }
     }
 
+    /// Where the newest link lives (its address and size in bytes), for
+    /// a caller that fetches it into the cache before the run is read.
+    pub fn newest_link(&self) -> Option<(usize, usize)> {
+        self.newest.as_ref().map(|l| {
+            // The count sits before the link in the same allocation.
+            (l.heap_ptr() as usize, std::mem::size_of::<Link>() + 8)
+        })
+    }
+
     /// Newest first.
     pub fn newest_first(&self) -> NewestFirst<'_> {
         NewestFirst {
