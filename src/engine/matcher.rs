@@ -43,6 +43,8 @@ use super::key_map::{prefetch_span, KeyMap, Slot};
 use super::timers::Timers;
 
 mod step;
+#[cfg(test)]
+mod tests;
 
 use super::trace::{Note, Trace};
 use step::{deadline, Step};
@@ -443,7 +445,7 @@ impl<H: HistorySlot> Matcher<H> {
                 runs.drain(..excess);
                 self.stats.runs_dropped += excess as u64;
             }
-            settle_runs(runs);
+            step::settle_runs(runs);
         }
         // Recorded after every condition saw the event: history excludes it.
         if let Some(h) = history.get_mut() {
@@ -607,7 +609,7 @@ impl<H: HistorySlot> Matcher<H> {
             history: history.get(),
         };
         cx.expire(runs, watermark);
-        settle_runs(runs);
+        step::settle_runs(runs);
         self.reschedule(a, slot, lim);
     }
 
@@ -632,17 +634,6 @@ impl<H: HistorySlot> Matcher<H> {
             ks.scheduled = Scheduled::at(deadline);
             self.timers.push(deadline, slot);
         }
-    }
-}
-
-/// Moves a key's runs back into its entry once they fit there again: a
-/// list left on the heap costs the key a cache miss on every later event
-/// (the key curve's keys mostly held one run, many from a list grown for
-/// two at one event), and its memory.
-#[inline]
-fn settle_runs(runs: &mut RunList) {
-    if runs.spilled() && runs.len() <= runs.inline_size() {
-        runs.shrink_to_fit();
     }
 }
 

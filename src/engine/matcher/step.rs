@@ -60,9 +60,13 @@ impl Step<'_> {
     /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
     pub(super) fn offer(&mut self, runs: &mut RunList, ev: &Event, pos: u64) {
         let old = std::mem::take(runs);
-        // Sized for the runs and one new one; a key's first run is held
-        // inline, so nothing is allocated for a key with one run.
-        let mut next = RunList::with_capacity(old.len() + !old.is_empty() as usize);
+        // Sized for the runs the key has: a key's first run is held inline,
+        // so nothing is allocated for a key whose one run stays one. Room
+        // for a new run as well (what this was sized for before) cost such
+        // a key an allocation and a free for every event, and kept its
+        // runs out of the entry, a cache miss more per event (window curve
+        // in BENCHMARKS.md); the list grows when a run is really added.
+        let mut next = RunList::with_capacity(old.len());
         let mut floor = 0u64;
         for run in old {
             if run.start_pos < floor {
@@ -375,5 +379,16 @@ impl Step<'_> {
             }
         }
         *runs = keep;
+    }
+}
+
+/// Moves a key's runs back into its entry once they fit there again: a
+/// list left on the heap costs the key a cache miss on every later event
+/// (the key curve's keys mostly held one run, many from a list grown for
+/// two at one event), and its memory.
+#[inline]
+pub(super) fn settle_runs(runs: &mut RunList) {
+    if runs.spilled() && runs.len() <= runs.inline_size() {
+        runs.shrink_to_fit();
     }
 }
