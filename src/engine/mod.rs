@@ -72,10 +72,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// How many events ahead of the one leaving the reorder buffer the key
-/// map is asked to fetch an entry (see [`PatternState::release`]).
-const PREFETCH_AHEAD: usize = 8;
-
 /// The mutable state of one pattern.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PatternState {
@@ -102,7 +98,7 @@ impl PatternState {
     #[inline(always)]
     fn release_ready(&mut self, a: &Automaton, lim: Limits, out: &mut Output) {
         while let Some(ev) = self.buffer.pop_ready() {
-            fetch_ahead(&self.matcher, |n| self.buffer.ahead(n));
+            self.matcher.fetch_ahead(|n| self.buffer.ahead(n));
             self.matcher.on_event(a, ev, lim, &mut out.alerts);
         }
     }
@@ -118,26 +114,6 @@ impl PatternState {
             self.shadow_alerts += (out.alerts.len() - mark) as u64;
             out.alerts.truncate(mark);
         }
-    }
-}
-
-/// Asks the matcher to start fetching what the events a few places
-/// behind the one it is about to take will read (`ahead(n)`: the event
-/// `n` places back), so that it is in cache when each event comes. Each
-/// stage needs what the one before fetched: the index bucket of the event
-/// 3 × [`PREFETCH_AHEAD`] back; the entry of the event twice as far back
-/// as `PREFETCH_AHEAD`, whose bucket came in meanwhile; the first run's
-/// binding of the event `PREFETCH_AHEAD` back, whose entry came in.
-#[inline(always)]
-fn fetch_ahead<'e>(matcher: &PatternMatcher, ahead: impl Fn(usize) -> Option<&'e Event>) {
-    if let Some(later) = ahead(3 * PREFETCH_AHEAD) {
-        matcher.prefetch_index(&later.key);
-    }
-    if let Some(next) = ahead(2 * PREFETCH_AHEAD) {
-        matcher.prefetch(&next.key);
-    }
-    if let Some(soon) = ahead(PREFETCH_AHEAD) {
-        matcher.prefetch_run(&soon.key);
     }
 }
 
@@ -589,7 +565,10 @@ impl Engine {
         while let Some(ev) = rest.next() {
             let ahead = rest.as_slice();
             // `ahead` starts one place on from `ev`.
-            fetch_ahead(&self.patterns[index].1.matcher, |n| ahead.get(n - 1));
+            self.patterns[index]
+                .1
+                .matcher
+                .fetch_ahead(|n| ahead.get(n - 1));
             self.push_ordered(index, ev, None, out);
         }
     }

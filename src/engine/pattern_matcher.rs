@@ -15,6 +15,11 @@ use crate::compiler::Automaton;
 use crate::event::{Event, Key};
 use crate::history::KeyHistory;
 
+/// How many events apart the stages of [`PatternMatcher::fetch_ahead`]
+/// are: enough for a fetch to arrive (several hundred nanoseconds at the
+/// slowest events), few enough for what it fetched to stay in cache.
+const PREFETCH_AHEAD: usize = 8;
+
 #[derive(Clone, Debug)]
 pub enum PatternMatcher {
     /// Keys without a history slot: 72-byte entries.
@@ -110,19 +115,27 @@ impl PatternMatcher {
         each!(self, m => m.keep_only_runs())
     }
 
-    #[inline]
-    pub fn prefetch(&self, key: &Key) {
-        each!(self, m => m.prefetch(key))
-    }
-
-    #[inline]
-    pub fn prefetch_index(&self, key: &Key) {
-        each!(self, m => m.prefetch_index(key))
-    }
-
-    #[inline]
-    pub fn prefetch_run(&self, key: &Key) {
-        each!(self, m => m.prefetch_run(key))
+    /// Starts fetching what the events a few places behind the one the
+    /// matcher is about to take will read (`ahead(n)`: the event `n`
+    /// places back), so that it is in cache when each event comes. Each
+    /// stage needs what the one before fetched: the index bucket of the
+    /// event 3 × [`PREFETCH_AHEAD`] back; the entry of the event twice
+    /// as far back as `PREFETCH_AHEAD`, whose bucket came in meanwhile; the
+    /// first run's binding of the event `PREFETCH_AHEAD` back, whose entry
+    /// came in.
+    #[inline(always)]
+    pub fn fetch_ahead<'e>(&self, ahead: impl Fn(usize) -> Option<&'e Event>) {
+        each!(self, m => {
+            if let Some(later) = ahead(3 * PREFETCH_AHEAD) {
+                m.prefetch_index(&later.key);
+            }
+            if let Some(next) = ahead(2 * PREFETCH_AHEAD) {
+                m.prefetch(&next.key);
+            }
+            if let Some(soon) = ahead(PREFETCH_AHEAD) {
+                m.prefetch_run(&soon.key);
+            }
+        })
     }
 
     pub fn rebuild_timers(&mut self) {
