@@ -172,13 +172,19 @@ impl<V> KeyMap<V> {
     #[inline]
     fn fetch(&self, s: Slot) {
         if let Some(entry) = self.slab.get(s as usize) {
-            let at = entry as *const Entry<V> as *const u8;
-            // An entry can straddle three cache lines.
-            let size = std::mem::size_of::<Entry<V>>();
-            prefetch(at);
-            prefetch(at.wrapping_add(size / 2));
-            prefetch(at.wrapping_add(size - 1));
+            // Entries of 128 bytes in a slab in 2 MiB pages are two whole
+            // lines; others can straddle three.
+            prefetch_span(
+                entry as *const Entry<V> as usize,
+                std::mem::size_of::<Entry<V>>(),
+            );
         }
+    }
+
+    /// Bytes an entry takes in the slab.
+    #[cfg(test)]
+    pub(super) fn entry_size() -> usize {
+        std::mem::size_of::<Entry<V>>()
     }
 
     /// The key and entry in slot `s`, if the slot is taken.
@@ -346,6 +352,9 @@ pub(super) fn prefetch_span(at: usize, size: usize) {
     let at = at as *const u8;
     prefetch(at);
     if size > 64 {
+        if size > 128 {
+            prefetch(at.wrapping_add(size / 2));
+        }
         prefetch(at.wrapping_add(size - 1));
     }
 }

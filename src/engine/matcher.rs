@@ -33,7 +33,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::compiler::{Automaton, Bindings, Entry, Env, Names, NodeId};
+use crate::compiler::{Automaton, Entry, Env, Names};
 use crate::event::{Event, Key};
 use crate::history::KeyHistory;
 
@@ -42,24 +42,14 @@ use super::history_slot::HistorySlot;
 use super::key_map::{prefetch_span, KeyMap, Slot};
 use super::timers::Timers;
 
+mod run;
 mod step;
 #[cfg(test)]
 mod tests;
 
 use super::trace::{Note, Trace};
+pub use run::Run;
 use step::{deadline, Step};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Run {
-    node: NodeId,
-    alive: u64,
-    /// No event has been offered since the run arrived at `node`.
-    fresh: bool,
-    start_pos: u64,
-    start_time: i64,
-    last_time: i64,
-    bindings: Bindings,
-}
 
 /// A key's runs, oldest first. The first is held inline in the key's
 /// entry: most waiting keys hold one run, and a list of their own cost
@@ -346,7 +336,8 @@ impl<H: HistorySlot> Matcher<H> {
     /// Starts fetching the newest binding of `key`'s first run, for an
     /// event that comes before those [`Matcher::prefetch`] is asked
     /// about: its entry is in cache (or on its way), the binding is the
-    /// next miss (a step or an expiry reads it).
+    /// next miss (a step or an expiry reads it) once the run holds more
+    /// than the one it keeps inline.
     #[inline]
     pub fn prefetch_run(&self, key: &Key) {
         if self.keys.prefetching() {
@@ -356,9 +347,9 @@ impl<H: HistorySlot> Matcher<H> {
         }
     }
 
-    /// The entry in slot `s` is in cache: fetches the first run's binding
-    /// or, for runs that left the entry for a list of their own, that list
-    /// (reading through it would wait for it).
+    /// The entry in slot `s` is in cache: fetches the first run's newest
+    /// linked binding or, for runs that left the entry for a list of their
+    /// own, that list (reading through it would wait for it).
     #[inline]
     fn fetch_run(&self, s: Slot) {
         let Some((_, ks)) = self.keys.at(s) else {
@@ -549,6 +540,10 @@ impl<H: HistorySlot> Matcher<H> {
             if let Some(soon) = self.timers.ahead(TIMERS_AHEAD / 2) {
                 self.prefetch_expiry(soon);
             }
+            // Those that overtook the queue, in the same two stages.
+            let [next, then] = self.timers.overtaking_soon();
+            next.for_each(|s| self.prefetch_expiry(s));
+            then.for_each(|s| self.keys.prefetch_slot(s));
             for slot in self.due_at(deadline) {
                 self.fire_slot(a, slot, deadline, watermark, lim, out);
             }

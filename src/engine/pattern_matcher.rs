@@ -22,7 +22,7 @@ const PREFETCH_AHEAD: usize = 8;
 
 #[derive(Clone, Debug)]
 pub enum PatternMatcher {
-    /// Keys without a history slot: 72-byte entries.
+    /// Keys without a history slot: 128-byte entries (with the key).
     Plain(Matcher<NoHistory>),
     /// Keys with their history inline.
     Tracked(Matcher<Option<KeyHistory>>),

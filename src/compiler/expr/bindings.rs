@@ -11,16 +11,29 @@
 //! Conditions read the newest bindings first (`a.amount` is the last event
 //! bound to `a`), which is the list's natural order; alerts and aggregates,
 //! which want the oldest first, collect the list once.
+//!
+//! The first binding is held in the list itself, not in a link: most runs
+//! wait on one bound event (`a then b`), and a link of its own cost each of
+//! them a 64-byte allocation and free, and each event that meets the run a
+//! cache miss on a 4 KiB page (the key curve in BENCHMARKS.md). Runs that
+//! branch copy the first binding instead of sharing it, which costs no
+//! allocation either (a bound event's fields are behind a shared pointer).
 
 use triomphe::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Binding;
+use super::{Binding, BoundEvent};
 
 /// The events a run has bound, newest first, sharing older links.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Bindings {
+    /// The first binding, or [`UNBOUND`] for none. Not an `Option`: that
+    /// would take 8 bytes more (a binding has no spare value for `None`),
+    /// which is what keeps a waiting key's entry in two cache lines (see
+    /// [`crate::engine`]'s runs).
+    first: Binding,
+    /// The bindings after the first, newest first.
     newest: Option<Arc<Link>>,
 }
 
@@ -30,29 +43,60 @@ struct Link {
     older: Option<Arc<Link>>,
 }
 
+/// The first binding of a list that has none: a position no event takes
+/// (a key's events are counted from 0 in a `u64`).
+const UNBOUND: Binding = Binding {
+    var: 0,
+    pos: u64::MAX,
+    event: BoundEvent::UNBOUND,
+};
+
+impl Default for Bindings {
+    fn default() -> Bindings {
+        Bindings::EMPTY
+    }
+}
+
 impl Bindings {
-    pub const EMPTY: Bindings = Bindings { newest: None };
+    pub const EMPTY: Bindings = Bindings {
+        first: UNBOUND,
+        newest: None,
+    };
 
     pub fn new() -> Bindings {
         Bindings::default()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.newest.is_none()
+        self.first.pos == UNBOUND.pos
+    }
+
+    /// The first binding (the run's start: its position and time).
+    #[inline]
+    pub fn first(&self) -> Option<&Binding> {
+        (!self.is_empty()).then_some(&self.first)
     }
 
     /// These bindings and then `b`; `self` is unchanged (and shared).
     pub fn with(&self, b: Binding) -> Bindings {
-        Bindings {
-            newest: Some(Arc::new(Link {
-                binding: b,
-                older: self.newest.clone(),
-            })),
+        match self.is_empty() {
+            true => Bindings {
+                first: b,
+                newest: None,
+            },
+            false => Bindings {
+                first: self.first.clone(),
+                newest: Some(Arc::new(Link {
+                    binding: b,
+                    older: self.newest.clone(),
+                })),
+            },
         }
     }
 
     /// Where the newest link lives (its address and size in bytes), for
-    /// a caller that fetches it into the cache before the run is read.
+    /// a caller that fetches it into the cache before the run is read;
+    /// none while the run holds one binding (it is inline).
     pub fn newest_link(&self) -> Option<(usize, usize)> {
         self.newest.as_ref().map(|l| {
             // The count sits before the link in the same allocation.
@@ -64,12 +108,16 @@ impl Bindings {
     pub fn newest_first(&self) -> NewestFirst<'_> {
         NewestFirst {
             next: self.newest.as_deref(),
+            first: self.first(),
         }
     }
 
     /// The last binding.
     pub fn last(&self) -> Option<&Binding> {
-        self.newest.as_deref().map(|l| &l.binding)
+        match &self.newest {
+            Some(l) => Some(&l.binding),
+            None => self.first(),
+        }
     }
 
     /// Oldest first, collected (for alerts and order-sensitive aggregates).
@@ -90,6 +138,7 @@ impl Bindings {
 /// Iterator over a run's bindings, newest first.
 pub struct NewestFirst<'a> {
     next: Option<&'a Link>,
+    first: Option<&'a Binding>,
 }
 
 impl<'a> Iterator for NewestFirst<'a> {
@@ -97,9 +146,13 @@ impl<'a> Iterator for NewestFirst<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<&'a Binding> {
-        let link = self.next?;
-        self.next = link.older.as_deref();
-        Some(&link.binding)
+        match self.next {
+            Some(link) => {
+                self.next = link.older.as_deref();
+                Some(&link.binding)
+            }
+            None => self.first.take(),
+        }
     }
 }
 
@@ -153,12 +206,32 @@ mod tests {
 
     #[test]
     fn a_link_is_56_bytes() {
-        // With glibc's 8-byte header, a 64-byte allocation per binding: the
-        // largest part of a waiting key (BENCHMARKS.md, "Memory per key").
+        // With glibc's 8-byte header, a 64-byte allocation per binding
+        // after the first (BENCHMARKS.md, "Memory per key").
         assert_eq!(
             std::mem::size_of::<Link>() + std::mem::size_of::<usize>(),
             56
         );
+    }
+
+    #[test]
+    fn the_first_binding_is_held_in_48_bytes() {
+        // A binding (40) and the link pointer: no `Option` around the
+        // first (see the field's comment).
+        assert_eq!(std::mem::size_of::<Bindings>(), 48);
+    }
+
+    #[test]
+    fn the_first_binding_needs_no_link() {
+        let one = Bindings::new().with(binding(0, 1));
+        assert_eq!(one.newest_link(), None, "held inline, nothing allocated");
+        assert_eq!(one.last().map(|b| b.pos), Some(1));
+        assert!(!one.is_empty() && Bindings::new().is_empty());
+        let two = one.with(binding(1, 2));
+        assert!(two.newest_link().is_some());
+        let newest: Vec<u64> = two.newest_first().map(|b| b.pos).collect();
+        assert_eq!(newest, [2, 1]);
+        assert_eq!(one.oldest_first().len(), 1, "unchanged by the branch");
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! once `a` is bound. So a bound event holds its time and hash inline and
 //! its field values and document behind one pointer, and only when the
 //! pattern reads the variable's fields ([`super::reads_bound_fields`]) or
-//! alerts carry the matched events. A binding and its event then fit a
-//! 56-byte link of the run's list (a 64-byte allocation) instead of 120
-//! (128).
+//! alerts carry the matched events. A binding and its event then take 40
+//! bytes: inline in the run's list for its first, else a 56-byte link (a
+//! 64-byte allocation) instead of 120 (128).
 //!
 //! Not its key either (the run's key is the key). Saved as before: time,
 //! slots, hash and document (the slots empty when not kept); checkpoints
@@ -25,7 +25,10 @@ use crate::value::Value;
 pub struct BoundEvent {
     pub time: i64,
     pub hash: u64,
-    kept: Option<Box<Kept>>,
+    /// Shared, not boxed: runs that branch copy their first binding
+    /// (see [`super::Bindings`]), which then costs a count, not an
+    /// allocation.
+    kept: Option<triomphe::Arc<Kept>>,
 }
 
 /// What is kept of a bound event beyond its time and hash.
@@ -38,11 +41,19 @@ struct Kept {
 const NO_SLOTS: &Slots = &Slots::Inline(0, [Value::Missing, Value::Missing]);
 
 impl BoundEvent {
+    /// No event (what an empty run's list of bindings holds in place of
+    /// its first).
+    pub(crate) const UNBOUND: BoundEvent = BoundEvent {
+        time: 0,
+        hash: 0,
+        kept: None,
+    };
+
     /// `ev` as a variable binds it; its field values kept when `read`.
     #[inline]
     pub fn of(ev: &Event, read: bool) -> BoundEvent {
         let kept = (read || ev.raw.is_some()).then(|| {
-            Box::new(Kept {
+            triomphe::Arc::new(Kept {
                 slots: if read {
                     ev.slots.clone()
                 } else {
@@ -83,7 +94,8 @@ impl BoundEvent {
         slots: Slots,
         raw: Option<Arc<serde_json::Value>>,
     ) -> BoundEvent {
-        let kept = (!slots.is_empty() || raw.is_some()).then(|| Box::new(Kept { slots, raw }));
+        let kept =
+            (!slots.is_empty() || raw.is_some()).then(|| triomphe::Arc::new(Kept { slots, raw }));
         BoundEvent { time, hash, kept }
     }
 }

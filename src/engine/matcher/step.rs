@@ -16,7 +16,7 @@ use super::{Limits, MatchStats, Run, RunList, Traced};
 pub(super) fn deadline(a: &Automaton, r: &Run) -> i64 {
     let w = a
         .within
-        .map_or(i64::MAX, |w| r.start_time.saturating_add(w));
+        .map_or(i64::MAX, |w| r.start_time().saturating_add(w));
     let g = a
         .max_gap
         .map_or(i64::MAX, |g| r.last_time.saturating_add(g));
@@ -69,8 +69,8 @@ impl Step<'_> {
         let mut next = RunList::with_capacity(old.len());
         let mut floor = 0u64;
         for run in old {
-            if run.start_pos < floor {
-                let (r, after) = (run.start_pos, self.floor_run);
+            if run.start_pos() < floor {
+                let (r, after) = (run.start_pos(), self.floor_run);
                 self.note(|o| Note::Pruned {
                     run: r + o,
                     after: after + o,
@@ -84,8 +84,6 @@ impl Step<'_> {
                 node: self.a.start,
                 alive: u64::MAX,
                 fresh: true,
-                start_pos: pos,
-                start_time: ev.time,
                 last_time: ev.time,
                 bindings: Bindings::new(),
             };
@@ -98,13 +96,18 @@ impl Step<'_> {
         let a = self.a;
         let node = &a.nodes[run.node as usize];
         let seed = run.bindings.is_empty();
+        // A seed starts at this event; a run, at its first binding.
+        let (start_pos, start_time) = match seed {
+            true => (pos, ev.time),
+            false => (run.start_pos(), run.start_time()),
+        };
         let mut alive = run.alive;
         {
             let env = Env {
                 current: Some(ev),
                 bindings: &run.bindings,
                 key: Some(self.key),
-                start: run.start_time,
+                start: start_time,
                 end: ev.time,
                 history: self.history,
                 history_at: ev.time,
@@ -118,7 +121,7 @@ impl Step<'_> {
                 {
                     alive &= !g.mask;
                     if self.trace.is_some() && !seed {
-                        let (r, var) = (run.start_pos, self.var_name(g.var));
+                        let (r, var) = (start_pos, self.var_name(g.var));
                         self.note(|o| Note::Negated { run: r + o, var });
                     }
                 }
@@ -150,7 +153,7 @@ impl Step<'_> {
                             .as_ref()
                             .map(|c| c.explain(&names, &env))
                             .unwrap_or_default();
-                        let (r, var) = (run.start_pos, self.var_name(*var));
+                        let (r, var) = (start_pos, self.var_name(*var));
                         self.note(|o| Note::Rejected {
                             run: r + o,
                             var,
@@ -168,8 +171,6 @@ impl Step<'_> {
                     node: *target,
                     alive: a.nodes[*target as usize].full_mask(),
                     fresh: true,
-                    start_pos: run.start_pos,
-                    start_time: run.start_time,
                     last_time: ev.time,
                     bindings,
                 };
@@ -177,7 +178,7 @@ impl Step<'_> {
                     self.stats.runs_started += 1;
                 }
                 if self.trace.is_some() {
-                    let (r, v) = (run.start_pos, self.var_name(*var));
+                    let (r, v) = (start_pos, self.var_name(*var));
                     self.note(|o| match seed {
                         true => Note::Started { run: r + o, var: v },
                         false => Note::Advanced { run: r + o, var: v },
@@ -197,7 +198,7 @@ impl Step<'_> {
         run.alive = alive & !node.strict_mask;
         run.fresh = false;
         if self.trace.is_some() {
-            let r = run.start_pos;
+            let r = start_pos;
             if before & node.strict_mask & alive != 0 {
                 self.note(|o| Note::StrictBroken { run: r + o });
             }
@@ -213,13 +214,13 @@ impl Step<'_> {
 
     /// Keeps a run waiting, or accepts it.
     fn place(&mut self, run: Run, next: &mut RunList, floor: &mut u64) {
-        if run.start_pos < *floor {
+        if run.start_pos() < *floor {
             return;
         }
         match self.settle(run) {
             Settle::Wait(run) => {
                 if let Some(older) = self.dominating(&run, next) {
-                    let (r, by) = (run.start_pos, older);
+                    let (r, by) = (run.start_pos(), older);
                     self.note(|o| Note::Dominated {
                         run: r + o,
                         by: by + o,
@@ -230,14 +231,14 @@ impl Step<'_> {
             }
             Settle::Accept(run) => {
                 let f = self.emit_match(&run, None);
-                let r = run.start_pos;
+                let r = run.start_pos();
                 self.note(|o| Note::Matched { run: r + o });
                 if f > *floor {
                     *floor = f;
                     self.floor_run = r;
                     if self.trace.is_some() {
-                        for p in next.iter().filter(|p| p.start_pos < f) {
-                            let dropped = p.start_pos;
+                        for p in next.iter().filter(|p| p.start_pos() < f) {
+                            let dropped = p.start_pos();
                             if let Some(t) = self.trace.as_deref_mut() {
                                 let o = t.offset;
                                 t.trace.notes.push(Note::Pruned {
@@ -247,7 +248,7 @@ impl Step<'_> {
                             }
                         }
                     }
-                    next.retain(|r| r.start_pos >= f);
+                    next.retain(|r| r.start_pos() >= f);
                 }
             }
         }
@@ -267,10 +268,10 @@ impl Step<'_> {
                 o.node == run.node
                     && o.alive == run.alive
                     && o.fresh == run.fresh
-                    && o.start_pos < run.start_pos
+                    && o.start_pos() < run.start_pos()
                     && o.bindings.last().is_some_and(|b| b.pos == took)
             })
-            .map(|o| o.start_pos)
+            .map(|o| o.start_pos())
     }
 
     fn settle(&self, run: Run) -> Settle {
@@ -299,7 +300,7 @@ impl Step<'_> {
             AlertKind::Match,
             self.key,
             &run.bindings,
-            (run.start_time, end),
+            (run.start_time(), end),
             self.lim.include_events,
             (self.history, end),
         ));
@@ -313,13 +314,13 @@ impl Step<'_> {
                 .find(|b| b.var == v)
                 .map(|b| b.pos)
         };
-        let last = run.bindings.last().map_or(run.start_pos, |b| b.pos);
+        let last = run.bindings.last().map_or(run.start_pos(), |b| b.pos);
         match a.skip {
             SkipPlan::NoSkip => 0,
-            SkipPlan::ToNext => run.start_pos + 1,
+            SkipPlan::ToNext => run.start_pos() + 1,
             SkipPlan::PastLast => last + 1,
-            SkipPlan::ToFirst(v) => first_pos(v).unwrap_or(run.start_pos + 1),
-            SkipPlan::ToLast(v) => last_pos(v).unwrap_or(run.start_pos + 1),
+            SkipPlan::ToFirst(v) => first_pos(v).unwrap_or(run.start_pos() + 1),
+            SkipPlan::ToLast(v) => last_pos(v).unwrap_or(run.start_pos() + 1),
         }
     }
 
@@ -332,7 +333,7 @@ impl Step<'_> {
         let mut floor = 0u64;
         let mut keep = RunList::with_capacity(old.len());
         for run in old {
-            if run.start_pos < floor {
+            if run.start_pos() < floor {
                 continue;
             }
             let d = deadline(self.a, &run);
@@ -344,7 +345,7 @@ impl Step<'_> {
             let node = &self.a.nodes[run.node as usize];
             if self.trace.is_some() {
                 // The end of input expires everything at the end of time.
-                let (r, by) = (run.start_pos, (now < i64::MAX).then_some(now - d));
+                let (r, by) = (run.start_pos(), (now < i64::MAX).then_some(now - d));
                 let accepts = node.accept.is_some_and(|ai| run.alive & (1 << ai) != 0);
                 let timeout_alert = !accepts && self.a.on_timeout.is_some();
                 self.note(|o| Note::Expired {
@@ -362,7 +363,7 @@ impl Step<'_> {
                 let f = self.emit_match(&run, end);
                 if f > floor {
                     floor = f;
-                    keep.retain(|r: &mut Run| r.start_pos >= f);
+                    keep.retain(|r: &mut Run| r.start_pos() >= f);
                 }
             } else if self.a.on_timeout.is_some() {
                 self.stats.timeouts += 1;
@@ -371,7 +372,7 @@ impl Step<'_> {
                     AlertKind::Timeout,
                     self.key,
                     &run.bindings,
-                    (run.start_time, run.last_time),
+                    (run.start_time(), run.last_time),
                     self.lim.include_events,
                     // History as of the window's close.
                     (self.history, d),

@@ -66,3 +66,14 @@ fn runs_come_back_into_the_entry() {
     assert_eq!(runs(&m), (1, false));
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_waiting_key_fits_two_cache_lines() {
+    // The run with its first binding inline, its start read from that
+    // binding (see `run`'s module doc): 72 bytes, and the key's entry 128.
+    assert_eq!(std::mem::size_of::<Run>(), 72);
+    assert_eq!(
+        KeyMap::<KeyRuns<crate::engine::history_slot::NoHistory>>::entry_size(),
+        128
+    );
+}

@@ -1,0 +1,99 @@
+//! A run (a partial match), and how it is saved.
+//!
+//! A run's start, its position among the key's events and its time, is
+//! its first binding's: a run is kept only once it has bound an event, so
+//! the start is not stored twice. With the first binding inline (see
+//! [`Bindings`]) a run is 72 bytes and a waiting key's entry 128: two cache
+//! lines, where 152 bytes spanned three or four, each a miss at 10M keys
+//! (the key curve in BENCHMARKS.md). Saved as before, start included, so
+//! checkpoints read either way.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::compiler::{Binding, Bindings, NodeId};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub(super) node: NodeId,
+    pub(super) alive: u64,
+    /// No event has been offered since the run arrived at `node`.
+    pub(super) fresh: bool,
+    pub(super) last_time: i64,
+    /// Never empty (see the module doc).
+    pub(super) bindings: Bindings,
+}
+
+impl Run {
+    /// Position of the run's first event among its key's events.
+    #[inline]
+    pub(super) fn start_pos(&self) -> u64 {
+        self.first().pos
+    }
+
+    /// Event time of the run's first event.
+    #[inline]
+    pub(super) fn start_time(&self) -> i64 {
+        self.first().event.time
+    }
+
+    #[inline]
+    fn first(&self) -> &Binding {
+        // A run with no binding is never kept (a seed that binds nothing
+        // is dropped, and one read back is refused).
+        self.bindings
+            .first()
+            .expect("a kept run has bound an event")
+    }
+}
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    node: NodeId,
+    alive: u64,
+    fresh: bool,
+    start_pos: u64,
+    start_time: i64,
+    last_time: i64,
+    bindings: &'a Bindings,
+}
+
+#[derive(Deserialize)]
+struct Saved {
+    node: NodeId,
+    alive: u64,
+    fresh: bool,
+    last_time: i64,
+    bindings: Bindings,
+}
+
+impl Serialize for Run {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SavedRef {
+            node: self.node,
+            alive: self.alive,
+            fresh: self.fresh,
+            start_pos: self.start_pos(),
+            start_time: self.start_time(),
+            last_time: self.last_time,
+            bindings: &self.bindings,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Run {
+    /// The saved start is its first binding's, and so not read.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Run, D::Error> {
+        let saved = Saved::deserialize(d)?;
+        if saved.bindings.is_empty() {
+            return Err(serde::de::Error::custom("a run without bound events"));
+        }
+        Ok(Run {
+            node: saved.node,
+            alive: saved.alive,
+            fresh: saved.fresh,
+            last_time: saved.last_time,
+            bindings: saved.bindings,
+        })
+    }
+}
