@@ -3,7 +3,9 @@
 //! moved (accepting, or dropping a dominated one), emitting matches with
 //! the skip floor they set, and expiring runs whose window closed.
 
-use crate::compiler::{Automaton, Binding, Bindings, BoundEvent, Entry, Env, SkipPlan};
+use crate::compiler::{
+    Automaton, Binding, Bindings, BoundEvent, Entry, Env, Node, SkipPlan, VarId,
+};
 use crate::dsl::ast::Contiguity;
 use crate::event::{Event, Key};
 use crate::history::KeyHistory;
@@ -21,6 +23,16 @@ pub(super) fn deadline(a: &Automaton, r: &Run) -> i64 {
         .max_gap
         .map_or(i64::MAX, |g| r.last_time.saturating_add(g));
     w.min(g)
+}
+
+/// Whether a run at `node` with entries `alive` accepts now.
+fn ready(node: &Node, alive: u64, fresh: bool) -> bool {
+    node.accept.is_some_and(|ai| {
+        alive & (1 << ai) != 0
+            && !node.accept_at_expiry
+            && !(node.accept_after_next && fresh)
+            && alive & node.before_accept_mask == 0
+    })
 }
 
 /// One key's runs meeting one event or one deadline.
@@ -59,6 +71,13 @@ impl Step<'_> {
 
     /// Offers `ev` (position `pos`) to every run of the key, then to a new run.
     pub(super) fn offer(&mut self, runs: &mut RunList, ev: &Event, pos: u64) {
+        if let [run] = runs.as_mut_slice() {
+            if self.trace.is_none() && self.passes_by(run, ev) {
+                // What `step` would leave of it, without moving it.
+                run.fresh = false;
+                return;
+            }
+        }
         let old = std::mem::take(runs);
         // Sized for the runs the key has: a key's first run is held inline,
         // so nothing is allocated for a key whose one run stays one. Room
@@ -90,6 +109,46 @@ impl Step<'_> {
             self.step(seed, ev, pos, &mut next, &mut floor);
         }
         *runs = next;
+    }
+
+    /// Whether `ev` passes a key's one run by and starts nothing: no
+    /// entry takes it, no negation matches it, no strict entry waits (it
+    /// would die), and the run, no longer fresh, still waits. Then all a
+    /// step changes is the run's freshness: the common case of a run
+    /// waiting through a long window, which every event of its key meets.
+    /// Decided on the run in place; a step moves it three times and makes
+    /// and tests a new run as well (the window curve in BENCHMARKS.md).
+    /// Not for a key with more runs: an older one could make it dead
+    /// weight ([`Step::dominating`]), which a step decides.
+    fn passes_by(&self, run: &Run, ev: &Event) -> bool {
+        let a = self.a;
+        let node = &a.nodes[run.node as usize];
+        if run.alive & node.strict_mask != 0 || ready(node, run.alive, false) {
+            return false;
+        }
+        let env = Env {
+            current: Some(ev),
+            bindings: &run.bindings,
+            key: Some(self.key),
+            start: run.start_time(),
+            end: ev.time,
+            history: self.history,
+            history_at: ev.time,
+        };
+        let holds = |var: VarId| {
+            a.conditions[var as usize]
+                .as_ref()
+                .is_none_or(|c| c.test(&env))
+        };
+        let negated = node
+            .guards
+            .iter()
+            .any(|g| run.alive & g.mask != 0 && (!g.strict || run.fresh) && holds(g.var));
+        let taken = node.entries.iter().enumerate().any(|(i, e)| {
+            matches!(e, Entry::Consume { var, .. } if run.alive & (1 << i) != 0 && holds(*var))
+        });
+        let starts = self.lim.start_runs && super::can_start(a, ev, self.history);
+        !(negated || taken || starts)
     }
 
     fn step(&mut self, mut run: Run, ev: &Event, pos: u64, next: &mut RunList, floor: &mut u64) {
@@ -275,18 +334,9 @@ impl Step<'_> {
     }
 
     fn settle(&self, run: Run) -> Settle {
-        let node = &self.a.nodes[run.node as usize];
-        let Some(ai) = node.accept else {
-            return Settle::Wait(run);
-        };
-        let ready = run.alive & (1 << ai) != 0
-            && !node.accept_at_expiry
-            && !(node.accept_after_next && run.fresh)
-            && run.alive & node.before_accept_mask == 0;
-        if ready {
-            Settle::Accept(run)
-        } else {
-            Settle::Wait(run)
+        match ready(&self.a.nodes[run.node as usize], run.alive, run.fresh) {
+            true => Settle::Accept(run),
+            false => Settle::Wait(run),
         }
     }
 
