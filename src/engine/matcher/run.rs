@@ -97,3 +97,43 @@ impl<'de> Deserialize<'de> for Run {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiler::BoundEvent;
+    use crate::event::Slots;
+
+    fn run() -> Run {
+        let bound = |var, pos: u64, time| Binding {
+            var,
+            pos,
+            event: BoundEvent::new(time, pos * 10, Slots::from_fn(0, |_| unreachable!()), None),
+        };
+        Run {
+            node: 2,
+            alive: 1,
+            fresh: false,
+            last_time: 9_000,
+            bindings: Bindings::from_oldest_first([bound(0, 4, 1_000), bound(1, 7, 9_000)]),
+        }
+    }
+
+    #[test]
+    fn saved_with_its_start_as_before() {
+        let r = run();
+        assert_eq!((r.start_pos(), r.start_time()), (4, 1_000));
+        let text = serde_json::to_string(&r).unwrap();
+        let head = r#"{"node":2,"alive":1,"fresh":false,"start_pos":4,"start_time":1000,"last_time":9000,"bindings":[{"var":0,"pos":4,"#;
+        assert!(text.starts_with(head), "{text}");
+        let back: Run = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_saved_run_without_bound_events_is_refused() {
+        let text = r#"{"node":2,"alive":1,"fresh":false,"start_pos":4,"start_time":1000,"last_time":9000,"bindings":[]}"#;
+        let err = serde_json::from_str::<Run>(text).unwrap_err();
+        assert!(err.to_string().contains("without bound events"), "{err}");
+    }
+}
