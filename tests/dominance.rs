@@ -8,8 +8,11 @@
 //! every run. Alerts must be identical (ids, fields, order).
 
 use cep::compiler::compile_source;
-use cep::engine::{Engine, EngineConfig, Output};
+use cep::engine::{Engine, EngineConfig};
 use proptest::prelude::*;
+
+mod card_streams;
+use card_streams::Card;
 
 /// (pattern with `{COND}` where the always-true, run-reading test goes).
 const PATTERNS: &[&str] = &[
@@ -45,57 +48,17 @@ const PATTERNS: &[&str] = &[
        match big{1,} define big as amount > 100 {COND big} emit n = count(big) end",
 ];
 
-fn run(src: &str, events: &[(u8, i64, u32)]) -> Vec<String> {
+fn run(src: &str, events: &[Card]) -> Vec<String> {
     let automata = compile_source("p.cep", src).unwrap_or_else(|e| panic!("{src}: {e:?}"));
     let mut engine = Engine::new(automata, EngineConfig::default());
-    let mut out = Output::default();
-    let mut alerts = Vec::new();
-    for (n, &(key, ts, amount)) in events.iter().enumerate() {
-        let line = format!(r#"{{"k":"k{key}","ts":{ts},"amount":{amount}}}"#);
-        engine
-            .push_json(Some("s"), line.as_bytes(), n as u64, &mut out)
-            .unwrap();
-        alerts.extend(
-            out.alerts
-                .drain(..)
-                .map(|a| serde_json::to_string(&a).unwrap()),
-        );
-    }
-    engine.flush(&mut out);
-    alerts.extend(
-        out.alerts
-            .drain(..)
-            .map(|a| serde_json::to_string(&a).unwrap()),
-    );
-    alerts
-}
-
-fn stream() -> impl Strategy<Value = Vec<(u8, i64, u32)>> {
-    prop::collection::vec(
-        (
-            0u8..2,
-            0i64..4,
-            prop::sample::select(vec![1u32, 50, 200, 200, 600]),
-        ),
-        0..40,
-    )
-    .prop_map(|steps| {
-        let mut ts = 0;
-        steps
-            .into_iter()
-            .map(|(key, gap, amount)| {
-                ts += gap;
-                (key, ts, amount)
-            })
-            .collect()
-    })
+    card_streams::alerts(&mut engine, events).0
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn dropping_dominated_runs_changes_no_alert(events in stream()) {
+    fn dropping_dominated_runs_changes_no_alert(events in card_streams::stream(vec![1, 50, 200, 200, 600])) {
         for p in PATTERNS {
             let plain = p.replace("{COND big}", "");
             let every_run = p.replace("{COND big}", "and count(big) >= 0");
@@ -109,7 +72,7 @@ fn a_long_burst_keeps_one_run() {
     // 5,000 big charges of one card, then a small one: one match of all of
     // them. (Without dropping dominated runs this took 12.5M run steps; its
     // speed is measured in `cargo bench --bench curves`, not here.)
-    let mut events: Vec<(u8, i64, u32)> = (0..5_000).map(|n| (0, n / 10, 200)).collect();
+    let mut events: Vec<Card> = (0..5_000).map(|n| (0, n / 10, 200)).collect();
     events.push((0, 600, 1));
     let src = PATTERNS[0]
         .replace("within 20ms", "within 1h")

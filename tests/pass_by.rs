@@ -9,8 +9,11 @@
 //! order), and so must the runs left open.
 
 use cep::compiler::compile_source;
-use cep::engine::{Engine, EngineConfig, Output};
+use cep::engine::{Engine, EngineConfig};
 use proptest::prelude::*;
+
+mod card_streams;
+use card_streams::Card;
 
 const S: &str = "small as amount < 10";
 const M: &str = "mid as amount > 40 and amount < 100";
@@ -94,61 +97,20 @@ fn source((extra, matching, define, emit): (&str, &str, &[&str], &str)) -> Strin
 }
 
 /// Alerts as JSON, and the runs left open before the final flush.
-fn run(src: &str, events: &[(u8, i64, u32)], traced: bool) -> (Vec<String>, usize) {
+fn run(src: &str, events: &[Card], traced: bool) -> (Vec<String>, usize) {
     let automata = compile_source("p.cep", src).unwrap_or_else(|e| panic!("{src}: {e:?}"));
     let mut engine = Engine::new(automata, EngineConfig::default());
     if traced {
         assert!(engine.trace("p", "k0"));
     }
-    let mut out = Output::default();
-    let mut alerts = Vec::new();
-    for (n, &(key, ts, amount)) in events.iter().enumerate() {
-        let line = format!(r#"{{"k":"k{key}","ts":{ts},"amount":{amount}}}"#);
-        engine
-            .push_json(Some("s"), line.as_bytes(), n as u64, &mut out)
-            .unwrap();
-        alerts.extend(
-            out.alerts
-                .drain(..)
-                .map(|a| serde_json::to_string(&a).unwrap()),
-        );
-    }
-    let open = engine.stats().iter().map(|s| s.active_runs).sum();
-    engine.flush(&mut out);
-    alerts.extend(
-        out.alerts
-            .drain(..)
-            .map(|a| serde_json::to_string(&a).unwrap()),
-    );
-    (alerts, open)
-}
-
-fn stream() -> impl Strategy<Value = Vec<(u8, i64, u32)>> {
-    prop::collection::vec(
-        (
-            0u8..2,
-            0i64..4,
-            prop::sample::select(vec![1u32, 2, 50, 70, 200, 600, 900]),
-        ),
-        0..40,
-    )
-    .prop_map(|steps| {
-        let mut ts = 0;
-        steps
-            .into_iter()
-            .map(|(key, gap, amount)| {
-                ts += gap;
-                (key, ts, amount)
-            })
-            .collect()
-    })
+    card_streams::alerts(&mut engine, events)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
     #[test]
-    fn passing_a_run_by_in_place_changes_no_alert(events in stream()) {
+    fn passing_a_run_by_in_place_changes_no_alert(events in card_streams::stream(vec![1, 2, 50, 70, 200, 600, 900])) {
         for &p in PATTERNS {
             let src = source(p);
             prop_assert_eq!(run(&src, &events, false), run(&src, &events, true), "{}", src);
@@ -160,7 +122,7 @@ proptest! {
 fn every_pattern_compiles_and_matches() {
     // A stream where each pattern has something to find, so the property
     // above compares more than empty lists.
-    let events: Vec<(u8, i64, u32)> = [1, 50, 70, 600, 900, 2, 600, 50, 900, 1, 600, 1, 50, 70]
+    let events: Vec<Card> = [1, 50, 70, 600, 900, 2, 600, 50, 900, 1, 600, 1, 50, 70]
         .iter()
         .enumerate()
         .map(|(n, &amount)| (0, n as i64, amount))

@@ -35,6 +35,26 @@ fn ready(node: &Node, alive: u64, fresh: bool) -> bool {
     })
 }
 
+/// What a run's conditions read when it is offered `ev` (`start`: the
+/// run's start, or the event's for a new run).
+fn env<'e>(
+    key: &'e Key,
+    history: Option<&'e KeyHistory>,
+    run: &'e Run,
+    ev: &'e Event,
+    start: i64,
+) -> Env<'e> {
+    Env {
+        current: Some(ev),
+        bindings: &run.bindings,
+        key: Some(key),
+        start,
+        end: ev.time,
+        history,
+        history_at: ev.time,
+    }
+}
+
 /// One key's runs meeting one event or one deadline.
 pub(super) struct Step<'a> {
     pub(super) a: &'a Automaton,
@@ -126,15 +146,7 @@ impl Step<'_> {
         if run.alive & node.strict_mask != 0 || ready(node, run.alive, false) {
             return false;
         }
-        let env = Env {
-            current: Some(ev),
-            bindings: &run.bindings,
-            key: Some(self.key),
-            start: run.start_time(),
-            end: ev.time,
-            history: self.history,
-            history_at: ev.time,
-        };
+        let env = env(self.key, self.history, run, ev, run.start_time());
         let holds = |var: VarId| {
             a.conditions[var as usize]
                 .as_ref()
@@ -162,15 +174,7 @@ impl Step<'_> {
         };
         let mut alive = run.alive;
         {
-            let env = Env {
-                current: Some(ev),
-                bindings: &run.bindings,
-                key: Some(self.key),
-                start: start_time,
-                end: ev.time,
-                history: self.history,
-                history_at: ev.time,
-            };
+            let env = env(self.key, self.history, &run, ev, start_time);
             for g in &node.guards {
                 if alive & g.mask != 0
                     && (!g.strict || run.fresh)
