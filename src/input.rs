@@ -19,6 +19,10 @@ use std::sync::Arc;
 use crate::deadletter::DeadLetter;
 use crate::event::stable_hash;
 
+mod ahead;
+mod rows;
+pub use ahead::{open_ahead, RowsAhead};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     JsonLines,
@@ -109,26 +113,12 @@ impl CsvRow {
     /// The record's identity: the stable hash of its cells, each followed
     /// by a comma (the bytes it always had, so alert ids do not change).
     pub fn hash(&self) -> u64 {
-        let len = self.row.as_slice().len() + self.row.len();
-        let mut h = crate::event::StableHasher::new(len, 0);
-        for cell in self.row.iter() {
-            h.write_cell(cell);
-        }
-        h.finish()
+        rows::row_hash(&self.row)
     }
 
     /// The row as one line of CSV (quoted where a cell needs it).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut w = csv::WriterBuilder::new()
-            .terminator(csv::Terminator::Any(b'\n'))
-            .from_writer(Vec::new());
-        // Writing to memory cannot fail.
-        let _ = w.write_byte_record(&self.row);
-        let mut bytes = w.into_inner().unwrap_or_default();
-        if bytes.last() == Some(&b'\n') {
-            bytes.pop();
-        }
-        bytes
+        rows::row_bytes(&self.row)
     }
 }
 
@@ -156,7 +146,7 @@ impl BadRecord {
     }
 }
 
-pub type Records = Box<dyn Iterator<Item = Result<Record, BadRecord>>>;
+pub type Records = Box<dyn Iterator<Item = Result<Record, BadRecord>> + Send>;
 
 /// Opens `path` (`-` for stdin). Returns the records and, for files, the
 /// total byte length (for progress).
@@ -178,7 +168,7 @@ pub fn open_lines(path: &str) -> io::Result<(Lines<impl Read>, Option<u64>)> {
 
 /// The bytes of `path` (`-` for stdin; a `.zip` file's first entry), and
 /// for files their length.
-fn open_bytes(path: &str) -> io::Result<(Box<dyn Read>, Option<u64>)> {
+fn open_bytes(path: &str) -> io::Result<(Box<dyn Read + Send>, Option<u64>)> {
     Ok(if path == "-" {
         (Box::new(io::stdin()), None)
     } else if path.ends_with(".zip") {
@@ -196,7 +186,11 @@ fn open_bytes(path: &str) -> io::Result<(Box<dyn Read>, Option<u64>)> {
 }
 
 /// The records of `reader` in `format`.
-pub fn read(reader: Box<dyn Read>, format: Format, null_values: &[String]) -> io::Result<Records> {
+pub fn read(
+    reader: Box<dyn Read + Send>,
+    format: Format,
+    null_values: &[String],
+) -> io::Result<Records> {
     let lines = |r| BufReader::with_capacity(1 << 16, r);
     Ok(match format {
         Format::JsonLines => Box::new(json_lines(reader)),
@@ -209,9 +203,9 @@ pub fn read(reader: Box<dyn Read>, format: Format, null_values: &[String]) -> io
 /// The records of an Avro container file, each as its document. A record
 /// that cannot be decoded is a bad record; the file cannot be read past it
 /// (its block is damaged), which the reason says.
-fn avro_records(
-    reader: Box<dyn Read>,
-) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
+fn avro_records<'a>(
+    reader: Box<dyn Read + Send + 'a>,
+) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a> {
     let file = apache_avro::Reader::new(BufReader::with_capacity(1 << 16, reader))
         .map_err(|e| io::Error::other(format!("not an Avro container file: {e}")))?;
     let schema = file.writer_schema().clone();
@@ -241,7 +235,9 @@ fn avro_records(
     }))
 }
 
-fn json_lines(reader: impl Read) -> impl Iterator<Item = Result<Record, BadRecord>> {
+fn json_lines<'a>(
+    reader: impl Read + Send + 'a,
+) -> impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a {
     let mut lines = Lines::new(reader);
     std::iter::from_fn(move || {
         Some(match lines.next_line()? {
@@ -444,48 +440,22 @@ fn trimmed(buf: &[u8], from: usize, to: usize) -> (usize, usize) {
     (start, start + line.trim_ascii().len())
 }
 
-fn csv_rows(
-    reader: impl Read + 'static,
+fn csv_rows<'a>(
+    reader: impl Read + Send + 'a,
     nulls: Arc<[String]>,
-) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
-    // Flexible: a row of the wrong width is reported here, with its bytes,
-    // rather than as the reader's error without them.
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(reader);
-    let header: Arc<[String]> = rdr
-        .headers()
-        .map_err(io::Error::other)?
-        .iter()
-        .map(str::to_string)
-        .collect();
-    Ok(rdr.into_byte_records().enumerate().map(move |(n, row)| {
-        let line = n as u64 + 2;
-        let row = row.map_err(|e| BadRecord {
-            line,
-            reason: format!("invalid CSV: {e}"),
-            raw: Vec::new(),
-            csv_header: Some(header.clone()),
-        })?;
-        let csv = CsvRow {
-            header: header.clone(),
-            row,
-            nulls: nulls.clone(),
-        };
-        if csv.row.len() != header.len() {
-            return Err(BadRecord {
-                line,
-                reason: format!(
-                    "invalid CSV: the row has {} fields, the header {}",
-                    csv.row.len(),
-                    header.len()
-                ),
-                raw: csv.to_bytes(),
-                csv_header: Some(header.clone()),
-            });
-        }
-        Ok(csv_record(csv, line))
+) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a> {
+    let mut source = rows::CsvSource::new(reader)?;
+    Ok(std::iter::from_fn(move || {
+        let mut row = csv::ByteRecord::new();
+        let line = source.next_into(&mut row)?;
+        Some(line.map(|line| {
+            let csv = CsvRow {
+                header: source.header.clone(),
+                row,
+                nulls: nulls.clone(),
+            };
+            csv_record(csv, line)
+        }))
     }))
 }
 
@@ -493,7 +463,7 @@ fn csv_rows(
 fn csv_record(csv: CsvRow, line: u64) -> Record {
     Record {
         hash: csv.hash(),
-        bytes: (csv.row.as_slice().len() + csv.row.len()) as u64,
+        bytes: rows::row_size(&csv.row),
         payload: Payload::Csv(csv),
         line,
     }
@@ -507,10 +477,10 @@ pub fn is_null_cell(text: &str, nulls: &[String]) -> bool {
 /// Entries of a dead-letter file, each read again as the record it holds
 /// (a JSON line, or a CSV row with its header), with the same identity as
 /// the original. An entry that is itself unreadable is a [`BadRecord`].
-fn dead_letters(
-    reader: impl BufRead,
+fn dead_letters<'a>(
+    reader: impl BufRead + Send + 'a,
     nulls: Arc<[String]>,
-) -> impl Iterator<Item = Result<Record, BadRecord>> {
+) -> impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a {
     json_lines(reader).map(move |r| {
         let r = r?;
         let Payload::Json(text) = &r.payload else {

@@ -180,7 +180,9 @@ fn feed(
         bar.finish_and_clear();
         return Ok(());
     }
-    let (records, len) = input::open(args.input, args.format, args.null).map_err(opened)?;
+    // Read on a thread of their own: parsing (and unzipping) overlaps
+    // matching.
+    let (records, len) = input::open_ahead(args.input, args.format, args.null).map_err(opened)?;
     let bar = progress_bar(len);
     for (n, rec) in records.enumerate() {
         let fate = match rec {

@@ -1,0 +1,101 @@
+//! CSV rows as the `csv` crate reads them, checked and identified: one
+//! reader for [`super::open`], which hands each row over in a record of
+//! its own, and for [`super::open_ahead`], which reads rows on a thread
+//! into blocks ([`super::ahead`]).
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use csv::ByteRecord;
+
+use super::BadRecord;
+
+/// The rows of a CSV input after its header.
+pub(super) struct CsvSource<R> {
+    rdr: csv::Reader<R>,
+    pub(super) header: Arc<[String]>,
+    /// Rows read so far.
+    rows: u64,
+}
+
+impl<R: Read> CsvSource<R> {
+    /// Reads the header row.
+    pub(super) fn new(reader: R) -> io::Result<CsvSource<R>> {
+        // Flexible: a row of the wrong width is reported here, with its
+        // bytes, rather than as the reader's error without them.
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(reader);
+        let header: Arc<[String]> = rdr
+            .headers()
+            .map_err(io::Error::other)?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        Ok(CsvSource {
+            rdr,
+            header,
+            rows: 0,
+        })
+    }
+
+    /// Reads the next row into `row` (reusing its allocations) and returns
+    /// its line (the row's number + 1 for the header); `None` at the end. A
+    /// row that cannot be parsed, or that has another width than the
+    /// header, is a bad record.
+    pub(super) fn next_into(&mut self, row: &mut ByteRecord) -> Option<Result<u64, BadRecord>> {
+        let read = self.rdr.read_byte_record(row);
+        self.rows += 1;
+        let line = self.rows + 1;
+        let bad = |reason, raw| BadRecord {
+            line,
+            reason,
+            raw,
+            csv_header: Some(self.header.clone()),
+        };
+        match read {
+            Ok(false) => None,
+            Err(e) => Some(Err(bad(format!("invalid CSV: {e}"), Vec::new()))),
+            Ok(true) if row.len() != self.header.len() => Some(Err(bad(
+                format!(
+                    "invalid CSV: the row has {} fields, the header {}",
+                    row.len(),
+                    self.header.len()
+                ),
+                row_bytes(row),
+            ))),
+            Ok(true) => Some(Ok(line)),
+        }
+    }
+}
+
+/// A row's identity: the stable hash of its cells, each followed by a
+/// comma (the bytes it always had, so alert ids do not change).
+pub(super) fn row_hash(row: &ByteRecord) -> u64 {
+    let len = row.as_slice().len() + row.len();
+    let mut h = crate::event::StableHasher::new(len, 0);
+    for cell in row.iter() {
+        h.write_cell(cell);
+    }
+    h.finish()
+}
+
+/// The bytes a row took in the input, about (for progress).
+pub(super) fn row_size(row: &ByteRecord) -> u64 {
+    (row.as_slice().len() + row.len()) as u64
+}
+
+/// The row as one line of CSV (quoted where a cell needs it).
+pub(super) fn row_bytes(row: &ByteRecord) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    // Writing to memory cannot fail.
+    let _ = w.write_byte_record(row);
+    let mut bytes = w.into_inner().unwrap_or_default();
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    bytes
+}
