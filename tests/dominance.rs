@@ -5,7 +5,8 @@
 //! when no condition reads the run. Each pattern here is run twice over the
 //! same random stream: as written, and with `and count(v) >= 0` added to a
 //! condition, which is always true but reads the run, so the matcher keeps
-//! every run. Alerts must be identical (ids, fields, order).
+//! every run. Alerts must be identical (ids, fields, and each key's order
+//! within a push: see `card_streams::alerts`).
 
 use cep::compiler::compile_source;
 use cep::engine::{Engine, EngineConfig};

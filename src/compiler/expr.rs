@@ -171,6 +171,29 @@ impl CExpr {
         }
     }
 
+    /// Whether the value depends on the event being tested alone: not on
+    /// bound events, the run, the key or its history.
+    pub fn reads_only_the_event(&self) -> bool {
+        match self {
+            CExpr::Const(_) | CExpr::Field(_) | CExpr::FieldCmpNum(..) | CExpr::Time(None) => true,
+            CExpr::VarField(..)
+            | CExpr::Time(Some(_))
+            | CExpr::Agg(..)
+            | CExpr::Info(_)
+            | CExpr::History(_)
+            | CExpr::SincePrevious(_) => false,
+            CExpr::Not(x)
+            | CExpr::Neg(x)
+            | CExpr::Matches(x, _)
+            | CExpr::Is(x, ..)
+            | CExpr::Call(_, x) => x.reads_only_the_event(),
+            CExpr::Bin(_, l, r) => l.reads_only_the_event() && r.reads_only_the_event(),
+            CExpr::In(x, set, _) => {
+                x.reads_only_the_event() && set.iter().all(CExpr::reads_only_the_event)
+            }
+        }
+    }
+
     /// Rewrites hot shapes into direct forms; meaning is unchanged.
     pub fn optimize(self) -> CExpr {
         use BinaryOp::*;

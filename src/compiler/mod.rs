@@ -95,6 +95,10 @@ pub struct Inner {
     /// What is kept of each key's past ([`crate::history`]); empty for
     /// most patterns.
     pub history: HistoryPlan,
+    /// An event no variable's condition takes changes nothing for this
+    /// pattern, whatever its key's runs ([`unmatched_is_inert`]), so the
+    /// engine passes over it before the reorder buffer.
+    pub unmatched_inert: bool,
     pub emit: Vec<(String, CExpr)>,
     pub on_timeout: Option<Vec<(String, CExpr)>>,
     /// Canonical source of this pattern.
@@ -325,6 +329,7 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
                 .chain(emit.iter().map(|(_, e)| e))
                 .chain(on_timeout.iter().flatten().map(|(_, e)| e)),
         ),
+        unmatched_inert: unmatched_is_inert(&conditions, &built.nodes, &history),
         vars,
         conditions,
         states: built.states,
@@ -337,6 +342,26 @@ pub fn compile_pattern(p: &Pattern) -> Result<Automaton, Vec<Diagnostic>> {
         source,
         source_hash,
     })))
+}
+
+/// Whether an event that no variable's condition takes leaves every run
+/// of its key as it was: no step waits with strict contiguity (which such
+/// an event ends), no negation guards a step (`next not x` is satisfied by
+/// it), the key keeps no history (which records it), and every condition
+/// reads only the event itself (one that reads earlier bound events, or
+/// `time since previous`, could take the event in one run and not in
+/// another). Such an event could still expire a key's runs whose window
+/// has closed, but the watermark that releases it has passed their
+/// deadline too, and the timers fire them in the same push (alerts come
+/// in another order within it, never later).
+fn unmatched_is_inert(conditions: &[Option<CExpr>], nodes: &[Node], history: &HistoryPlan) -> bool {
+    history.is_empty()
+        && nodes
+            .iter()
+            .all(|n| n.strict_mask == 0 && n.guards.is_empty())
+        && conditions
+            .iter()
+            .all(|c| c.as_ref().is_some_and(CExpr::reads_only_the_event))
 }
 
 /// The history plan before any condition is compiled: how far back `time

@@ -460,6 +460,20 @@ impl<H: HistorySlot> Matcher<H> {
         self.settle(&ev.key, slot, next, push, lim);
     }
 
+    /// Whether `ev` can be passed over: no variable of `a` takes it and
+    /// that changes nothing ([`Automaton::unmatched_inert`]). Counted as
+    /// an event seen. A traced key's events are all offered, for its notes.
+    #[inline]
+    pub fn passes_over(&mut self, a: &Automaton, ev: &Event) -> bool {
+        if !a.unmatched_inert || self.trace.is_some() {
+            return false;
+        }
+        let env = Env::of_event(ev, None);
+        let taken = a.conditions.iter().flatten().any(|c| c.test(&env));
+        self.stats.events += u64::from(!taken);
+        !taken
+    }
+
     /// After an event: lists the key as changed, drops it if it holds
     /// nothing, queues its new timer.
     fn settle(&mut self, key: &Key, slot: Slot, next: Next, push: Option<i64>, lim: Limits) {

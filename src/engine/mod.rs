@@ -596,6 +596,11 @@ impl Engine {
                 });
                 return;
             }
+            // Before the buffer: most flight rows are nothing to the
+            // patterns that look for cancellations or long delays. (The
+            // flag tested here first: with the call alone, the peer file's
+            // pattern, which never passes over, ran 4 % slower.)
+            _ if a.unmatched_inert && st.matcher.passes_over(a, &ev) => {}
             Admit::Now => st.matcher.on_event(a, ev, lim, &mut out.alerts),
             Admit::Buffer => match order {
                 Some(o) => st.buffer.insert_ordered(ev.time, o, ev),

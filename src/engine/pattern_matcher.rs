@@ -63,6 +63,12 @@ impl PatternMatcher {
         each!(self, m => m.on_event(a, ev, lim, out))
     }
 
+    /// See [`Matcher::passes_over`].
+    #[inline(never)]
+    pub fn passes_over(&mut self, a: &Automaton, ev: &Event) -> bool {
+        each!(self, m => m.passes_over(a, ev))
+    }
+
     #[inline]
     pub fn advance(&mut self, a: &Automaton, watermark: i64, lim: Limits, out: &mut Vec<Alert>) {
         each!(self, m => m.advance(a, watermark, lim, out))
