@@ -426,7 +426,7 @@ impl Extractor {
     pub fn extract_row<'a>(
         &self,
         columns: &[Option<usize>],
-        row: &'a csv::ByteRecord,
+        row: &'a crate::input::Cells,
         nulls: &[String],
         out: &'a mut Captures,
     ) -> Fields<'a> {

@@ -20,8 +20,10 @@ use crate::deadletter::DeadLetter;
 use crate::event::stable_hash;
 
 mod ahead;
+mod cells;
 mod rows;
 pub use ahead::{open_ahead, RowsAhead};
+pub use cells::Cells;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -91,7 +93,7 @@ pub struct Record {
 #[derive(Clone, Debug)]
 pub struct CsvRow {
     pub header: Arc<[String]>,
-    pub row: csv::ByteRecord,
+    pub row: Cells,
     /// Cell texts that mean "no value" (besides the empty cell).
     pub nulls: Arc<[String]>,
 }
@@ -113,12 +115,12 @@ impl CsvRow {
     /// The record's identity: the stable hash of its cells, each followed
     /// by a comma (the bytes it always had, so alert ids do not change).
     pub fn hash(&self) -> u64 {
-        rows::row_hash(&self.row)
+        rows::row_hash(self.row.as_slice().len(), self.row.iter())
     }
 
     /// The row as one line of CSV (quoted where a cell needs it).
     pub fn to_bytes(&self) -> Vec<u8> {
-        rows::row_bytes(&self.row)
+        rows::row_bytes(self.row.iter())
     }
 }
 
@@ -451,7 +453,7 @@ fn csv_rows<'a>(
         Some(line.map(|line| {
             let csv = CsvRow {
                 header: source.header.clone(),
-                row,
+                row: Cells::new(row.iter()),
                 nulls: nulls.clone(),
             };
             csv_record(csv, line)
@@ -524,7 +526,7 @@ fn dead_letters<'a>(
         }
         let csv = CsvRow {
             header: header.into(),
-            row,
+            row: Cells::new(row.iter()),
             nulls: nulls.clone(),
         };
         let mut rec = csv_record(csv, r.line);

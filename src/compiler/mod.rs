@@ -96,8 +96,10 @@ pub struct Inner {
     /// most patterns.
     pub history: HistoryPlan,
     /// An event no variable's condition takes changes nothing for this
-    /// pattern, whatever its key's runs ([`unmatched_is_inert`]), so the
-    /// engine passes over it before the reorder buffer.
+    /// pattern, whatever its key's runs, so the engine passes over it
+    /// before the reorder buffer: every step is relaxed, no negation
+    /// guards one, the key keeps no history, and each condition reads the
+    /// event alone (see `unmatched_is_inert` for why that suffices).
     pub unmatched_inert: bool,
     pub emit: Vec<(String, CExpr)>,
     pub on_timeout: Option<Vec<(String, CExpr)>>,

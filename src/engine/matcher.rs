@@ -461,7 +461,7 @@ impl<H: HistorySlot> Matcher<H> {
     }
 
     /// Whether `ev` can be passed over: no variable of `a` takes it and
-    /// that changes nothing ([`Automaton::unmatched_inert`]). Counted as
+    /// that changes nothing ([`crate::compiler::Inner::unmatched_inert`]). Counted as
     /// an event seen. A traced key's events are all offered, for its notes.
     #[inline]
     pub fn passes_over(&mut self, a: &Automaton, ev: &Event) -> bool {

@@ -260,6 +260,7 @@ proptest! {
                 row.push_field(c.as_bytes());
             }
         }
+        let row = crate::input::Cells::new(row.iter());
         let csv = crate::input::CsvRow { header: header.clone(), row, nulls: ["NA".to_string()].into() };
         let mut ex = Extractor::new();
         let paths = [vec!["card".to_string()], vec!["amount".to_string()], vec!["ts".to_string()], vec!["x".to_string()]];
@@ -390,7 +391,7 @@ fn csv_cells_that_are_not_utf8_read_alone_even_when_the_row_joins_into_utf8() {
     row.push_field(b"\xA9b");
     let csv = crate::input::CsvRow {
         header: header.clone(),
-        row,
+        row: crate::input::Cells::new(row.iter()),
         nulls: [].into(),
     };
     let mut ex = Extractor::new();

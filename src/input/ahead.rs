@@ -9,13 +9,14 @@
 //! 256, a few blocks ahead at most, so memory stays bounded whatever the
 //! input's size.
 //!
-//! A block is one allocation for every row's cells, and each row is built
-//! into a record of its own on the caller's thread, which frees it. Handing
-//! over records made on the reader thread was slower than not reading
-//! ahead at all (the year in file order, 1.20 s wall before, 1.20-1.63 s
-//! after): the matching thread freed every row's allocations, and glibc's
-//! malloc locks the arena a block came from to take it back, against the
-//! reader allocating in it.
+//! A block is one allocation for every row's cells, and its rows keep
+//! their cells in it ([`Cells`]), shared by reference count; the block is
+//! freed once, on the caller's thread, with its last row. Handing over
+//! records made on the reader thread, a `csv::ByteRecord` each, was slower
+//! than not reading ahead at all (the year in file order, 1.20 s wall
+//! before, 1.20-1.63 s after): the matching thread freed every row's
+//! allocations, and glibc's malloc locks the arena a block came from to
+//! take it back, against the reader allocating in it.
 //!
 //! Rows arrive in input order, each exactly once, and bad rows as bad
 //! records, as [`super::open`] gives them (both read with
@@ -31,6 +32,7 @@ use std::thread::JoinHandle;
 
 use csv::ByteRecord;
 
+use super::cells::{Block, Cells};
 use super::{open_bytes, rows, BadRecord, CsvRow, Format, Payload, Record, Records};
 
 /// Opens `path` (`-` for stdin; a `.zip` file's first entry) as
@@ -61,16 +63,13 @@ const BLOCKS_AHEAD: usize = 8;
 /// threads (see the module's notes).
 #[derive(Default)]
 struct RowBlock {
-    /// Every row's cells, back to back.
-    text: Vec<u8>,
-    /// Where each cell ends in `text`.
-    ends: Vec<usize>,
+    cells: Block,
     rows: Vec<BlockRow>,
 }
 
 enum BlockRow {
-    /// A row: its cells end at `ends[..cells]`, after those of the row
-    /// before.
+    /// A row: its cells end at `cells.ends[..cells]`, after those of the
+    /// row before.
     Row {
         cells: usize,
         line: u64,
@@ -82,38 +81,34 @@ enum BlockRow {
 impl RowBlock {
     fn with_capacity(text: usize, cells: usize) -> RowBlock {
         RowBlock {
-            text: Vec::with_capacity(text),
-            ends: Vec::with_capacity(cells),
+            cells: Block {
+                text: Vec::with_capacity(text),
+                ends: Vec::with_capacity(cells),
+            },
             rows: Vec::with_capacity(BLOCK_ROWS),
         }
     }
 
     fn push(&mut self, row: &ByteRecord, line: u64) {
-        let mut end = self.text.len();
-        self.text.extend_from_slice(row.as_slice());
-        for cell in row.iter() {
-            end += cell.len();
-            self.ends.push(end);
-        }
+        self.cells.push(row.iter());
         self.rows.push(BlockRow::Row {
-            cells: self.ends.len(),
+            cells: self.cells.ends.len(),
             line,
-            hash: rows::row_hash(row),
+            hash: rows::row_hash(row.as_slice().len(), row.iter()),
         });
     }
 }
 
 /// The rows of a CSV input, parsed and hashed on a thread of their own
-/// (with the bytes read and inflated there too). Each row is built into a
-/// record of its own here, on the caller's thread, which frees it.
+/// (with the bytes read and inflated there too). Each row's record holds
+/// its cells in the block they came in.
 pub struct RowsAhead {
     header: Arc<[String]>,
     nulls: Arc<[String]>,
     blocks: Receiver<RowBlock>,
     /// The block being taken: its cells, where the next row's start, and
     /// its rows not yet taken.
-    text: Vec<u8>,
-    ends: Vec<usize>,
+    cells: Arc<Block>,
     cell: usize,
     rows: std::vec::IntoIter<BlockRow>,
     reader: Option<JoinHandle<()>>,
@@ -144,8 +139,7 @@ impl RowsAhead {
             header,
             nulls,
             blocks,
-            text: Vec::new(),
-            ends: Vec::new(),
+            cells: Arc::default(),
             cell: 0,
             rows: Vec::new().into_iter(),
             reader: Some(reader),
@@ -155,14 +149,8 @@ impl RowsAhead {
 
     /// The row whose cells end at `ends[cell..cells]`, as a record.
     fn record(&mut self, cells: usize, line: u64, hash: u64) -> Record {
-        let start = self.cell.checked_sub(1).map_or(0, |c| self.ends[c]);
-        let end = cells.checked_sub(1).map_or(start, |c| self.ends[c]);
-        let mut row = ByteRecord::with_capacity(end - start, cells - self.cell);
-        let mut from = start;
-        for &to in &self.ends[self.cell..cells] {
-            row.push_field(&self.text[from..to]);
-            from = to;
-        }
+        let start = self.cell.checked_sub(1).map_or(0, |c| self.cells.ends[c]);
+        let row = Cells::in_block(&self.cells, start, self.cell..cells);
         self.cell = cells;
         let csv = CsvRow {
             header: self.header.clone(),
@@ -201,7 +189,7 @@ fn parse_all(
             Err(bad) => block.rows.push(BlockRow::Bad(bad)),
         }
         if block.rows.len() == BLOCK_ROWS {
-            let next = RowBlock::with_capacity(block.text.len(), block.ends.len());
+            let next = RowBlock::with_capacity(block.cells.text.len(), block.cells.ends.len());
             // A closed channel: the caller stopped reading.
             if blocks.send(std::mem::replace(&mut block, next)).is_err() {
                 return;
@@ -227,8 +215,7 @@ impl Iterator for RowsAhead {
             }
             match self.blocks.recv() {
                 Ok(block) => {
-                    self.text = block.text;
-                    self.ends = block.ends;
+                    self.cells = Arc::new(block.cells);
                     self.cell = 0;
                     self.rows = block.rows.into_iter();
                 }

@@ -63,36 +63,36 @@ impl<R: Read> CsvSource<R> {
                     row.len(),
                     self.header.len()
                 ),
-                row_bytes(row),
+                row_bytes(row.iter()),
             ))),
             Ok(true) => Some(Ok(line)),
         }
     }
 }
 
-/// A row's identity: the stable hash of its cells, each followed by a
-/// comma (the bytes it always had, so alert ids do not change).
-pub(super) fn row_hash(row: &ByteRecord) -> u64 {
-    let len = row.as_slice().len() + row.len();
-    let mut h = crate::event::StableHasher::new(len, 0);
-    for cell in row.iter() {
+/// A row's identity: the stable hash of its cells (`text` bytes in all),
+/// each followed by a comma (the bytes it always had, so alert ids do not
+/// change).
+pub(super) fn row_hash<'c>(text: usize, cells: impl ExactSizeIterator<Item = &'c [u8]>) -> u64 {
+    let mut h = crate::event::StableHasher::new(text + cells.len(), 0);
+    for cell in cells {
         h.write_cell(cell);
     }
     h.finish()
 }
 
 /// The bytes a row took in the input, about (for progress).
-pub(super) fn row_size(row: &ByteRecord) -> u64 {
+pub(super) fn row_size(row: &super::Cells) -> u64 {
     (row.as_slice().len() + row.len()) as u64
 }
 
 /// The row as one line of CSV (quoted where a cell needs it).
-pub(super) fn row_bytes(row: &ByteRecord) -> Vec<u8> {
+pub(super) fn row_bytes<'c>(cells: impl IntoIterator<Item = &'c [u8]>) -> Vec<u8> {
     let mut w = csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(Vec::new());
     // Writing to memory cannot fail.
-    let _ = w.write_byte_record(row);
+    let _ = w.write_record(cells);
     let mut bytes = w.into_inner().unwrap_or_default();
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
