@@ -447,8 +447,10 @@ fn csv_rows<'a>(
     nulls: Arc<[String]>,
 ) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a> {
     let mut source = rows::CsvSource::new(reader)?;
+    // One record read into again and again: each row's cells are copied
+    // out of it.
+    let mut row = csv::ByteRecord::new();
     Ok(std::iter::from_fn(move || {
-        let mut row = csv::ByteRecord::new();
         let line = source.next_into(&mut row)?;
         Some(line.map(|line| {
             let csv = CsvRow {

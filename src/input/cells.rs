@@ -50,8 +50,12 @@ impl Cells {
     }
 
     /// A row of its own.
-    pub fn new<'c>(cells: impl IntoIterator<Item = &'c [u8]>) -> Cells {
-        let mut block = Block::default();
+    pub fn new<'c>(cells: impl ExactSizeIterator<Item = &'c [u8]> + Clone) -> Cells {
+        let text = cells.clone().map(<[u8]>::len).sum();
+        let mut block = Block {
+            text: Vec::with_capacity(text),
+            ends: Vec::with_capacity(cells.len()),
+        };
         block.push(cells);
         let n = block.ends.len();
         Cells {
@@ -130,7 +134,7 @@ mod tests {
                 assert_eq!(c.range(row.len()), None);
             }
         }
-        let empty = Cells::new([]);
+        let empty = Cells::new([].into_iter());
         assert!(empty.is_empty() && empty.as_slice().is_empty());
     }
 }
