@@ -36,8 +36,8 @@ use super::cells::{Block, Cells};
 use super::{open_bytes, rows, BadRecord, CsvRow, Format, Payload, Record, Records};
 
 /// Opens `path` (`-` for stdin; a `.zip` file's first entry) as
-/// [`super::open`] does; a CSV input's rows are read ahead on a thread of
-/// their own ([`RowsAhead`]). Returns the records and, for files, the
+/// [`super::open`] does; a CSV file's rows are read ahead on a thread of
+/// their own ([`RowsAhead`]), stdin's as they come. Returns the records and, for files, the
 /// total byte length (for progress). An input that cannot be opened is an
 /// error here, not a record.
 pub fn open_ahead(
@@ -45,7 +45,9 @@ pub fn open_ahead(
     format: Format,
     null_values: &[String],
 ) -> io::Result<(Records, Option<u64>)> {
-    if format == Format::Csv {
+    // Not stdin: a pipe may bring rows as they happen, and a block waits
+    // for 256 of them.
+    if format == Format::Csv && path != "-" {
         let (rows, len) = RowsAhead::open(path, null_values.into())?;
         return Ok((Box::new(rows), len));
     }
