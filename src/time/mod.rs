@@ -444,27 +444,33 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever the order of arrival (runs filling up, the heap taking
-        /// the rest, a snapshot in the middle), items leave as a stable sort
-        /// by time would release them once the watermark passes them.
+        /// the rest, a snapshot in the middle), items leave as a sort by
+        /// time, ties by arrival (or by the caller's order, which need not
+        /// follow arrival), would release them once the watermark passes
+        /// them.
         #[test]
         fn releases_what_a_sorted_model_releases(
             times in proptest::collection::vec(0i64..400, 0..300),
             lateness in 0i64..120,
             snapshot_at in 0usize..300,
+            ordered in proptest::bool::ANY,
         ) {
             let mut b: ReorderBuffer<usize> = ReorderBuffer::new(lateness);
-            let mut model: std::collections::BTreeMap<(i64, usize), usize> = Default::default();
+            let mut model: std::collections::BTreeMap<(i64, u64), usize> = Default::default();
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for (n, &t) in times.iter().enumerate() {
                 if n == snapshot_at {
                     b = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
                 }
+                // A tie-break unique to each item, scrambled against arrival.
+                let order = (n as u64 * 163) % 307;
                 match b.admit(t) {
                     Admit::Late => continue,
                     Admit::Now => got.push(n),
+                    Admit::Buffer if ordered => b.insert_ordered(t, order, n),
                     Admit::Buffer => b.insert(t, n),
                 }
-                model.insert((t, n), n);
+                model.insert((t, if ordered { order } else { n as u64 }), n);
                 got.extend(std::iter::from_fn(|| b.pop_ready()));
                 let w = b.watermark();
                 while let Some(e) = model.first_entry().filter(|e| e.key().0 <= w) {
