@@ -33,7 +33,7 @@ use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::compiler::{Automaton, Entry, Env, Names};
+use crate::compiler::Automaton;
 use crate::event::{Event, Key};
 use crate::history::KeyHistory;
 
@@ -42,12 +42,14 @@ use super::history_slot::HistorySlot;
 use super::key_map::{prefetch_span, KeyMap, Slot};
 use super::timers::Timers;
 
+mod conditions;
 mod run;
 mod step;
 #[cfg(test)]
 mod tests;
 
 use super::trace::{Note, Trace};
+use conditions::{can_start, start_refusals, taken_by_any};
 pub use run::Run;
 use step::{deadline, Step};
 
@@ -468,8 +470,7 @@ impl<H: HistorySlot> Matcher<H> {
         if !a.unmatched_inert || self.trace.is_some() {
             return false;
         }
-        let env = Env::of_event(ev, None);
-        let taken = a.conditions.iter().flatten().any(|c| c.test(&env));
+        let taken = taken_by_any(a, ev);
         self.stats.events += u64::from(!taken);
         !taken
     }
@@ -668,38 +669,4 @@ fn next_deadline<H: HistorySlot>(a: &Automaton, ks: &mut KeyRuns<H>, lim: Limits
         None if !ks.history.is_none() => Next::Idle,
         None => Next::Gone,
     }
-}
-
-/// Why no entry of the start node takes `ev`: each condition with the
-/// values it saw.
-fn start_refusals(a: &Automaton, ev: &Event, history: Option<&KeyHistory>) -> Vec<String> {
-    let env = Env::of_event(ev, history);
-    let names = Names {
-        fields: &a.fields.paths,
-        vars: &a.vars,
-    };
-    a.nodes[a.start as usize]
-        .entries
-        .iter()
-        .filter_map(|e| match e {
-            Entry::Consume { var, .. } => {
-                let c = a.conditions[*var as usize].as_ref()?;
-                let name = &a.vars[*var as usize].name;
-                Some(format!("{name}: {}", c.explain(&names, &env)))
-            }
-            Entry::Accept => None,
-        })
-        .collect()
-}
-
-/// Whether `ev` could start a run: some entry of the start node takes it.
-#[inline]
-fn can_start(a: &Automaton, ev: &Event, history: Option<&KeyHistory>) -> bool {
-    let env = Env::of_event(ev, history);
-    a.nodes[a.start as usize].entries.iter().any(|e| match e {
-        Entry::Consume { var, .. } => a.conditions[*var as usize]
-            .as_ref()
-            .is_none_or(|c| c.test(&env)),
-        Entry::Accept => false,
-    })
 }

@@ -235,10 +235,10 @@ impl Iterator for RowsAhead {
 
 /// The reader thread: opens the input and hands it to `use_it` with its
 /// length, or says why it could not.
-fn open_on_thread<O>(
+fn open_on_thread(
     path: &str,
-    opened: SyncSender<io::Result<O>>,
-    use_it: impl FnOnce(&mut dyn Read, Option<u64>, SyncSender<io::Result<O>>),
+    opened: SyncSender<Opened>,
+    use_it: impl FnOnce(&mut dyn Read, Option<u64>, SyncSender<Opened>),
 ) {
     if path.ends_with(".zip") {
         // Inflated as it is read: the entry borrows its archive, which
