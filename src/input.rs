@@ -148,7 +148,7 @@ impl BadRecord {
     }
 }
 
-pub type Records = Box<dyn Iterator<Item = Result<Record, BadRecord>> + Send>;
+pub type Records = Box<dyn Iterator<Item = Result<Record, BadRecord>>>;
 
 /// Opens `path` (`-` for stdin). Returns the records and, for files, the
 /// total byte length (for progress).
@@ -170,7 +170,7 @@ pub fn open_lines(path: &str) -> io::Result<(Lines<impl Read>, Option<u64>)> {
 
 /// The bytes of `path` (`-` for stdin; a `.zip` file's first entry), and
 /// for files their length.
-fn open_bytes(path: &str) -> io::Result<(Box<dyn Read + Send>, Option<u64>)> {
+fn open_bytes(path: &str) -> io::Result<(Box<dyn Read>, Option<u64>)> {
     Ok(if path == "-" {
         (Box::new(io::stdin()), None)
     } else if path.ends_with(".zip") {
@@ -188,11 +188,7 @@ fn open_bytes(path: &str) -> io::Result<(Box<dyn Read + Send>, Option<u64>)> {
 }
 
 /// The records of `reader` in `format`.
-pub fn read(
-    reader: Box<dyn Read + Send>,
-    format: Format,
-    null_values: &[String],
-) -> io::Result<Records> {
+pub fn read(reader: Box<dyn Read>, format: Format, null_values: &[String]) -> io::Result<Records> {
     let lines = |r| BufReader::with_capacity(1 << 16, r);
     Ok(match format {
         Format::JsonLines => Box::new(json_lines(reader)),
@@ -205,9 +201,9 @@ pub fn read(
 /// The records of an Avro container file, each as its document. A record
 /// that cannot be decoded is a bad record; the file cannot be read past it
 /// (its block is damaged), which the reason says.
-fn avro_records<'a>(
-    reader: Box<dyn Read + Send + 'a>,
-) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a> {
+fn avro_records(
+    reader: Box<dyn Read>,
+) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
     let file = apache_avro::Reader::new(BufReader::with_capacity(1 << 16, reader))
         .map_err(|e| io::Error::other(format!("not an Avro container file: {e}")))?;
     let schema = file.writer_schema().clone();
@@ -237,9 +233,7 @@ fn avro_records<'a>(
     }))
 }
 
-fn json_lines<'a>(
-    reader: impl Read + Send + 'a,
-) -> impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a {
+fn json_lines(reader: impl Read) -> impl Iterator<Item = Result<Record, BadRecord>> {
     let mut lines = Lines::new(reader);
     std::iter::from_fn(move || {
         Some(match lines.next_line()? {
@@ -442,10 +436,10 @@ fn trimmed(buf: &[u8], from: usize, to: usize) -> (usize, usize) {
     (start, start + line.trim_ascii().len())
 }
 
-fn csv_rows<'a>(
-    reader: impl Read + Send + 'a,
+fn csv_rows(
+    reader: impl Read + 'static,
     nulls: Arc<[String]>,
-) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a> {
+) -> io::Result<impl Iterator<Item = Result<Record, BadRecord>>> {
     let mut source = rows::CsvSource::new(reader)?;
     // One record read into again and again: each row's cells are copied
     // out of it.
@@ -481,10 +475,10 @@ pub fn is_null_cell(text: &str, nulls: &[String]) -> bool {
 /// Entries of a dead-letter file, each read again as the record it holds
 /// (a JSON line, or a CSV row with its header), with the same identity as
 /// the original. An entry that is itself unreadable is a [`BadRecord`].
-fn dead_letters<'a>(
-    reader: impl BufRead + Send + 'a,
+fn dead_letters(
+    reader: impl BufRead,
     nulls: Arc<[String]>,
-) -> impl Iterator<Item = Result<Record, BadRecord>> + Send + 'a {
+) -> impl Iterator<Item = Result<Record, BadRecord>> {
     json_lines(reader).map(move |r| {
         let r = r?;
         let Payload::Json(text) = &r.payload else {

@@ -278,7 +278,6 @@ mod tests {
     use super::*;
     use crate::input::{open, BadRecord, Payload, Record};
 
-    const BATCH: usize = BLOCK_ROWS;
     type Item = Result<Record, BadRecord>;
 
     /// What a test compares of a record: its line, hash and cells (or the
@@ -318,26 +317,26 @@ mod tests {
     }
 
     #[test]
-    fn reads_what_open_reads_in_the_same_order_across_batches() {
+    fn reads_what_open_reads_in_the_same_order_across_blocks() {
         let path = temp_path("rows.csv");
-        std::fs::write(&path, csv_text(BATCH * 3 + 7)).unwrap();
+        std::fs::write(&path, csv_text(BLOCK_ROWS * 3 + 7)).unwrap();
         let path = path.to_str().unwrap();
         let nulls = ["NA".to_string()];
         let (direct, len) = open(path, Format::Csv, &nulls).unwrap();
         let (ahead, ahead_len) = open_ahead(path, Format::Csv, &nulls).unwrap();
         assert_eq!(ahead_len, len);
         let (want, got) = (seen(direct), seen(ahead));
-        assert_eq!(got.len(), BATCH * 3 + 7);
+        assert_eq!(got.len(), BLOCK_ROWS * 3 + 7);
         assert_eq!(got, want);
         assert!(
-            got[BATCH * 3 / 2 + 3].2[0].starts_with(b"invalid CSV"),
+            got[BLOCK_ROWS * 3 / 2 + 3].2[0].starts_with(b"invalid CSV"),
             "the bad row is kept"
         );
     }
 
     #[test]
     fn inflates_a_zip_entry_as_it_reads() {
-        let text = csv_text(BATCH + 1);
+        let text = csv_text(BLOCK_ROWS + 1);
         let plain = temp_path("zipped.csv");
         std::fs::write(&plain, &text).unwrap();
         let zipped = temp_path("zipped.csv.zip");

@@ -74,7 +74,7 @@ pub enum Admit {
 /// - Runs: a file that lists its months out of order (nycflights13's lists
 ///   1, 10, 11, 12, 2, ..., 9) holds the year behind the first months, in
 ///   order among themselves. In the heap, releasing them was 31 % of
-///   replaying the year; in a second run it is a comparison of two fronts.
+///   replaying the year; in runs it is a comparison of their fronts.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReorderBuffer<T> {
     /// Items that arrived in order, in order.
@@ -299,16 +299,7 @@ impl<T> ReorderBuffer<T> {
     /// [`ReorderBuffer::pop_ready`] when items wait in runs or the heap.
     #[inline(never)]
     fn pop_merged(&mut self) -> Option<T> {
-        let from = if self.runs.is_empty() {
-            match (self.in_order.front(), self.heap.peek()) {
-                (Some(q), Some(h)) if (q.time, q.seq) > (h.time, h.seq) => Place::Heap,
-                (Some(_), _) => Place::InOrder,
-                (None, Some(_)) => Place::Heap,
-                (None, None) => return None,
-            }
-        } else {
-            self.earliest()
-        };
+        let from = self.earliest()?;
         let watermark = self.watermark();
         let p = match from {
             Place::InOrder => pop_front_if(&mut self.in_order, watermark)?,
@@ -333,24 +324,24 @@ impl<T> ReorderBuffer<T> {
         Some(p.item)
     }
 
-    /// Which place's front leaves first, when there are runs.
-    fn earliest(&mut self) -> Place {
-        let in_order = self.in_order.front().map(|p| (p.time, p.seq));
-        let heap = self.heap.peek().map(|p| (p.time, p.seq));
-        let (i, run) = self
-            .run_ends()
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, e)| e.front)
-            .map(|(i, e)| (i, e.front))
-            .expect("there are runs");
-        let mut best = (Place::Run(i), run);
-        for (place, at) in [(Place::InOrder, in_order), (Place::Heap, heap)] {
-            if let Some(at) = at.filter(|&at| at < best.1) {
-                best = (place, at);
+    /// Which place's front leaves first (the in-order queue's on a tie);
+    /// `None` when all are empty.
+    fn earliest(&mut self) -> Option<Place> {
+        let mut best = self
+            .in_order
+            .front()
+            .map(|p| (Place::InOrder, (p.time, p.seq)));
+        for (i, e) in self.run_ends().iter().enumerate() {
+            if best.is_none_or(|(_, at)| e.front < at) {
+                best = Some((Place::Run(i), e.front));
             }
         }
-        best.0
+        if let Some(h) = self.heap.peek().map(|p| (p.time, p.seq)) {
+            if best.is_none_or(|(_, at)| h < at) {
+                best = Some((Place::Heap, h));
+            }
+        }
+        best.map(|(place, _)| place)
     }
 
     /// End of input: the watermark jumps to the end of time.
