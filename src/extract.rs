@@ -25,6 +25,7 @@
 
 use std::fmt;
 
+use crate::input::{cell_type, CellType};
 use crate::value::Value;
 
 mod scan;
@@ -401,6 +402,19 @@ impl Extractor {
 }
 
 impl Extractor {
+    /// The names of the CSV columns some capture reads (see
+    /// [`Extractor::columns`]).
+    pub fn column_names(&self) -> Vec<String> {
+        let Some(root) = self.nodes.first() else {
+            return Vec::new();
+        };
+        root.children
+            .iter()
+            .filter(|(_, child)| self.nodes[*child].capture.is_some())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Which capture each column of a CSV header fills: a row reads as an
     /// object keyed by its header, so only one-segment paths can name a
     /// column (and the last column of a repeated name wins, as a repeated
@@ -419,8 +433,10 @@ impl Extractor {
     }
 
     /// Captures the cells of a CSV row that `columns` (from
-    /// [`Extractor::columns`]) maps, typed as [`crate::input::cell_value`]
-    /// types them; empty and null cells are absent. A cell that is not
+    /// [`Extractor::columns`]) maps, typed by [`crate::input::cell_type`]
+    /// with the null markers `nulls` (a cell its reader typed already, with
+    /// the same markers, is taken as typed); empty and null cells are
+    /// absent. A cell that is not
     /// UTF-8 is decoded with replacement characters (as
     /// [`crate::input::CsvRow::to_doc`] does) into the captures' buffer.
     pub fn extract_row<'a>(
@@ -442,23 +458,29 @@ impl Extractor {
             let (Some(slot), Some(range)) = (*slot, row.range(i)) else {
                 continue;
             };
-            let (cell, found) = if let Some(cell) = text.get(range.clone()) {
-                (
-                    cell,
-                    cell_found(cell, Found::Str(range.start as u32, range.end as u32)),
-                )
-            } else {
-                let lossy = String::from_utf8_lossy(&row.as_slice()[range]);
-                let from = out.unescaped.len();
-                out.unescaped.push_str(&lossy);
-                let to = out.unescaped.len();
-                let cell = &out.unescaped[from..to];
-                (
-                    cell,
-                    cell_found(cell, Found::Unescaped(from as u32, to as u32)),
-                )
+            let typed = row.cell_type(i);
+            let found = match (typed, text.get(range.clone())) {
+                // Typed on the reader thread (see `crate::input::Cells`).
+                (Some(t), Some(_)) => {
+                    cell_found(t, Found::Str(range.start as u32, range.end as u32))
+                }
+                (None, Some(cell)) => cell_found(
+                    cell_type(cell, nulls),
+                    Found::Str(range.start as u32, range.end as u32),
+                ),
+                (_, None) => {
+                    let lossy = String::from_utf8_lossy(&row.as_slice()[range]);
+                    let from = out.unescaped.len();
+                    out.unescaped.push_str(&lossy);
+                    let to = out.unescaped.len();
+                    let cell = &out.unescaped[from..to];
+                    cell_found(
+                        cell_type(cell, nulls),
+                        Found::Unescaped(from as u32, to as u32),
+                    )
+                }
             };
-            if !crate::input::is_null_cell(cell, nulls) {
+            if let Some(found) = found {
                 out.found[slot] = found;
             }
         }
@@ -469,20 +491,16 @@ impl Extractor {
     }
 }
 
-/// A CSV cell: an integer, a decimal (with a point or an exponent), or
-/// else text (`as_text`), exactly as [`crate::input::cell_value`] reads it.
-fn cell_found(cell: &str, as_text: Found) -> Found {
-    if let Ok(i) = cell.parse::<i64>() {
-        return Found::Int(i);
+/// A CSV cell of type `t` as a capture (text as `as_text`); `None` for
+/// no value.
+#[inline]
+fn cell_found(t: CellType, as_text: Found) -> Option<Found> {
+    match t {
+        CellType::Absent => None,
+        CellType::Int(i) => Some(Found::Int(i)),
+        CellType::Float(f) => Some(Found::Float(f)),
+        CellType::Text => Some(as_text),
     }
-    if cell.contains(['.', 'e', 'E'])
-        && !cell.contains(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-    {
-        if let Some(f) = cell.parse::<f64>().ok().filter(|f| f.is_finite()) {
-            return Found::Float(f);
-        }
-    }
-    as_text
 }
 
 #[cfg(test)]

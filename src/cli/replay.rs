@@ -182,7 +182,9 @@ fn feed(
     }
     // Read on a thread of their own: parsing (and unzipping) overlaps
     // matching.
-    let (records, len) = input::open_ahead(args.input, args.format, args.null).map_err(opened)?;
+    let typed = engine.csv_columns_read();
+    let (records, len) =
+        input::open_ahead(args.input, args.format, args.null, &typed).map_err(opened)?;
     let bar = progress_bar(len);
     for (n, rec) in records.enumerate() {
         let fate = match rec {

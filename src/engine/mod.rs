@@ -365,6 +365,12 @@ impl Engine {
         Ok(newest)
     }
 
+    /// The CSV columns the patterns read: the cells worth typing as they
+    /// are read (see [`crate::input::open_ahead`]).
+    pub fn csv_columns_read(&self) -> Vec<String> {
+        self.extractor.column_names()
+    }
+
     /// Feeds one CSV row (see [`crate::input`]): only the cells the
     /// patterns read are looked at, once for all patterns; the row reads as
     /// an object keyed by its header.

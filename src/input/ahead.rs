@@ -37,18 +37,22 @@ use super::{open_bytes, rows, BadRecord, CsvRow, Format, Payload, Record, Record
 
 /// Opens `path` (`-` for stdin; a `.zip` file's first entry) as
 /// [`super::open`] does; a CSV file's rows are read ahead on a thread of
-/// their own ([`RowsAhead`]), stdin's as they come. Returns the records and, for files, the
-/// total byte length (for progress). An input that cannot be opened is an
-/// error here, not a record.
+/// their own ([`RowsAhead`]), stdin's as they come. The reader thread
+/// types the cells of the columns named in `typed` (those the patterns
+/// read, [`crate::engine::Engine::csv_columns_read`]; see
+/// [`Cells::cell_type`]). Returns the records and, for files, the total
+/// byte length (for progress). An input that cannot be opened is an error
+/// here, not a record.
 pub fn open_ahead(
     path: &str,
     format: Format,
     null_values: &[String],
+    typed: &[String],
 ) -> io::Result<(Records, Option<u64>)> {
     // Not stdin: a pipe may bring rows as they happen, and a block waits
     // for 256 of them.
     if format == Format::Csv && path != "-" {
-        let (rows, len) = RowsAhead::open(path, null_values.into())?;
+        let (rows, len) = RowsAhead::open(path, null_values.into(), typed.into())?;
         return Ok((Box::new(rows), len));
     }
     super::open(path, format, null_values)
@@ -86,13 +90,15 @@ impl RowBlock {
             cells: Block {
                 text: Vec::with_capacity(text),
                 ends: Vec::with_capacity(cells),
+                types: Vec::with_capacity(cells),
             },
             rows: Vec::with_capacity(BLOCK_ROWS),
         }
     }
 
-    fn push(&mut self, row: &ByteRecord, line: u64) {
-        self.cells.push(row.iter());
+    fn push(&mut self, row: &ByteRecord, line: u64, typing: &Typing) {
+        self.cells
+            .push_typed(row.iter(), &typing.columns, &typing.nulls);
         self.rows.push(BlockRow::Row {
             cells: self.cells.ends.len(),
             line,
@@ -119,15 +125,21 @@ pub struct RowsAhead {
 type Opened = io::Result<(Option<u64>, Arc<[String]>)>;
 
 impl RowsAhead {
-    fn open(path: &str, nulls: Arc<[String]>) -> io::Result<(RowsAhead, Option<u64>)> {
+    fn open(
+        path: &str,
+        nulls: Arc<[String]>,
+        typed: Arc<[String]>,
+    ) -> io::Result<(RowsAhead, Option<u64>)> {
         let (opened_tx, opened) = sync_channel(1);
         let (block_tx, blocks) = sync_channel(BLOCKS_AHEAD);
         let path = path.to_string();
+        let nulls_read = nulls.clone();
         let reader = std::thread::Builder::new()
             .name("cep-read".into())
             .spawn(move || {
                 open_on_thread(&path, opened_tx, |reader, len, opened| {
-                    parse_all(reader, len, opened, block_tx)
+                    let typing = (&typed[..], &nulls_read[..]);
+                    parse_all(reader, len, typing, opened, block_tx)
                 })
             })?;
         let (len, header) = match opened.recv() {
@@ -168,11 +180,20 @@ impl RowsAhead {
     }
 }
 
+/// Which cells the reader thread types, and how.
+struct Typing {
+    /// By column: whether its cells are typed.
+    columns: Vec<bool>,
+    nulls: Arc<[String]>,
+}
+
 /// The reader thread's part: parses the header (and says how that went),
-/// then every row into blocks, each sent when full.
+/// then every row into blocks, each sent when full, the cells of the
+/// columns named in `typed` typed with the null markers `nulls`.
 fn parse_all(
     reader: &mut dyn Read,
     len: Option<u64>,
+    (typed, nulls): (&[String], &[String]),
     opened: SyncSender<Opened>,
     blocks: SyncSender<RowBlock>,
 ) {
@@ -183,11 +204,15 @@ fn parse_all(
     if opened.send(Ok((len, source.header.clone()))).is_err() {
         return;
     }
+    let typing = Typing {
+        columns: source.header.iter().map(|h| typed.contains(h)).collect(),
+        nulls: nulls.into(),
+    };
     let mut row = ByteRecord::new();
     let mut block = RowBlock::default();
     while let Some(read) = source.next_into(&mut row) {
         match read {
-            Ok(line) => block.push(&row, line),
+            Ok(line) => block.push(&row, line, &typing),
             Err(bad) => block.rows.push(BlockRow::Bad(bad)),
         }
         if block.rows.len() == BLOCK_ROWS {
@@ -323,7 +348,7 @@ mod tests {
         let path = path.to_str().unwrap();
         let nulls = ["NA".to_string()];
         let (direct, len) = open(path, Format::Csv, &nulls).unwrap();
-        let (ahead, ahead_len) = open_ahead(path, Format::Csv, &nulls).unwrap();
+        let (ahead, ahead_len) = open_ahead(path, Format::Csv, &nulls, &[]).unwrap();
         assert_eq!(ahead_len, len);
         let (want, got) = (seen(direct), seen(ahead));
         assert_eq!(got.len(), BLOCK_ROWS * 3 + 7);
@@ -332,6 +357,76 @@ mod tests {
             got[BLOCK_ROWS * 3 / 2 + 3].2[0].starts_with(b"invalid CSV"),
             "the bad row is kept"
         );
+    }
+
+    /// Rows of every kind of cell: numbers, decimals, text, null markers,
+    /// empty cells, a cell that is not UTF-8 and one that parses as
+    /// neither.
+    const KINDS: &[u8] = b"n,amount,note,code\n\
+        1,10,a,x\n\
+        2,NA,,-7\n\
+        3,2.5,\"x, y\",1e3\n\
+        4,-0,NA,+12\n\
+        5,1.5e,\xff\xfe,12345678901234567890\n";
+
+    #[test]
+    fn the_columns_asked_for_are_typed_as_cell_type_types_them() {
+        let path = temp_path("kinds.csv");
+        std::fs::write(&path, KINDS).unwrap();
+        let nulls = ["NA".to_string()];
+        let typed = ["amount".to_string(), "note".to_string(), "code".to_string()];
+        let (rows, _) = open_ahead(path.to_str().unwrap(), Format::Csv, &nulls, &typed).unwrap();
+        let mut n = 0;
+        for r in rows {
+            let Payload::Csv(row) = r.unwrap().payload else {
+                panic!("not a CSV row")
+            };
+            assert_eq!(row.row.cell_type(0), None, "`n` is not asked for");
+            for (i, cell) in row.row.iter().enumerate().skip(1) {
+                let want = std::str::from_utf8(cell)
+                    .ok()
+                    .map(|t| crate::input::cell_type(t, &nulls));
+                assert_eq!(row.row.cell_type(i), want, "row {n} cell {i}");
+            }
+            assert_eq!(row.row.cell_type(row.row.len()), None);
+            n += 1;
+        }
+        assert_eq!(n, 5);
+    }
+
+    #[test]
+    fn typed_rows_capture_what_rows_read_plainly_capture() {
+        let path = temp_path("kinds-captured.csv");
+        std::fs::write(&path, KINDS).unwrap();
+        let path = path.to_str().unwrap();
+        let nulls = ["NA".to_string()];
+        let names = ["n", "amount", "note", "code"].map(String::from);
+        let mut ex = crate::extract::Extractor::new();
+        let slots: Vec<usize> = names
+            .iter()
+            .map(|n| ex.add(std::slice::from_ref(n)))
+            .collect();
+        let typed = ex.column_names();
+        let (plain, _) = open(path, Format::Csv, &nulls).unwrap();
+        let (ahead, _) = open_ahead(path, Format::Csv, &nulls, &typed).unwrap();
+        let captured = |r: Item| {
+            let Payload::Csv(row) = r.unwrap().payload else {
+                panic!("not a CSV row")
+            };
+            let columns = ex.columns(&row.header);
+            let mut caps = crate::extract::Captures::new();
+            let fields = ex.extract_row(&columns, &row.row, &row.nulls, &mut caps);
+            slots
+                .iter()
+                .map(|&s| format!("{:?}", fields.get(s)))
+                .collect::<Vec<_>>()
+        };
+        let want: Vec<_> = plain.map(captured).collect();
+        let got: Vec<_> = ahead.map(captured).collect();
+        assert_eq!(got, want);
+        assert_eq!(want[1][1], "None", "a null marker is absent");
+        assert_eq!(want[2][3], "Some(Float(1000.0))");
+        assert_eq!(want[4][2], "Some(Str(\"\u{fffd}\u{fffd}\"))");
     }
 
     #[test]
@@ -347,7 +442,7 @@ mod tests {
         w.write_all(text.as_bytes()).unwrap();
         w.finish().unwrap();
         let (want, _) = open(plain.to_str().unwrap(), Format::Csv, &[]).unwrap();
-        let (got, len) = open_ahead(zipped.to_str().unwrap(), Format::Csv, &[]).unwrap();
+        let (got, len) = open_ahead(zipped.to_str().unwrap(), Format::Csv, &[], &[]).unwrap();
         assert_eq!(
             len,
             Some(text.len() as u64),
@@ -359,20 +454,20 @@ mod tests {
     #[test]
     fn an_input_that_cannot_be_opened_is_an_error() {
         let missing = temp_path("missing.csv");
-        let e = open_ahead(missing.to_str().unwrap(), Format::Csv, &[])
+        let e = open_ahead(missing.to_str().unwrap(), Format::Csv, &[], &[])
             .err()
             .unwrap();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         let not_zip = temp_path("not.csv.zip");
         std::fs::write(&not_zip, "id\n1\n").unwrap();
-        assert!(open_ahead(not_zip.to_str().unwrap(), Format::Csv, &[]).is_err());
+        assert!(open_ahead(not_zip.to_str().unwrap(), Format::Csv, &[], &[]).is_err());
     }
 
     #[test]
     fn a_caller_that_stops_taking_rows_lets_the_parser_end() {
         let path = temp_path("many-rows.csv");
         std::fs::write(&path, csv_text(BLOCK_ROWS * (BLOCKS_AHEAD + 4))).unwrap();
-        let (mut rows, _) = RowsAhead::open(path.to_str().unwrap(), [].into()).unwrap();
+        let (mut rows, _) = RowsAhead::open(path.to_str().unwrap(), [].into(), [].into()).unwrap();
         assert!(rows.next().is_some_and(|r| r.is_ok()));
         let reader = rows.reader.take().unwrap();
         drop(rows);
