@@ -75,6 +75,7 @@ fn reads_the_run(e: &CExpr) -> bool {
         CExpr::Const(_)
         | CExpr::Field(_)
         | CExpr::FieldCmpNum(..)
+        | CExpr::FieldAbsent(..)
         | CExpr::Time(None)
         | CExpr::History(_)
         | CExpr::SincePrevious(_)

@@ -80,6 +80,13 @@ pub enum CExpr {
     /// `field <op> number`, the commonest condition, pre-resolved (see
     /// [`CExpr::optimize`]).
     FieldCmpNum(BinaryOp, u32, f64),
+    /// `field is missing or field is null` (negated: `field is not missing
+    /// and field is not null`), how patterns test for a value that is not
+    /// there, pre-resolved (see [`CExpr::optimize`]): one read of the
+    /// field, where the two tests and their `or` took three calls through
+    /// the interpreter (the flight patterns test every event for a
+    /// cancellation this way).
+    FieldAbsent(u32, bool),
     /// A question to the key's history ([`crate::history`]).
     History(Box<history::Query>),
     /// `time since previous`, looking back this far (ms).
@@ -163,6 +170,7 @@ impl CExpr {
             CExpr::Bin(BinaryOp::Eq, l, r) => l.eval(env).equals(&r.eval(env)),
             CExpr::Not(x) => !x.test(env),
             CExpr::FieldCmpNum(op, slot, n) => field_cmp_num(*op, *slot, *n, env),
+            CExpr::FieldAbsent(slot, negated) => field_absent(*slot, env) != *negated,
             // `is missing`, `is null` and their negations, without a
             // boolean value made and read back (the flight patterns test
             // every event for a cancellation this way).
@@ -175,7 +183,11 @@ impl CExpr {
     /// bound events, the run, the key or its history.
     pub fn reads_only_the_event(&self) -> bool {
         match self {
-            CExpr::Const(_) | CExpr::Field(_) | CExpr::FieldCmpNum(..) | CExpr::Time(None) => true,
+            CExpr::Const(_)
+            | CExpr::Field(_)
+            | CExpr::FieldCmpNum(..)
+            | CExpr::FieldAbsent(..)
+            | CExpr::Time(None) => true,
             CExpr::VarField(..)
             | CExpr::Time(Some(_))
             | CExpr::Agg(..)
@@ -203,6 +215,21 @@ impl CExpr {
                     if c.as_f64().is_some_and(|n| n.abs() < 9.0e15) =>
                 {
                     CExpr::FieldCmpNum(op, s, c.as_f64().unwrap())
+                }
+                (l, r) => CExpr::Bin(op, Box::new(l.optimize()), Box::new(r.optimize())),
+            },
+            CExpr::Bin(op @ (Or | And), l, r) => match (*l, *r) {
+                (CExpr::Is(x, t, nx), CExpr::Is(y, u, ny))
+                    if t != u && nx == ny && nx == (op == And) =>
+                {
+                    match (*x, *y) {
+                        (CExpr::Field(a), CExpr::Field(b)) if a == b => CExpr::FieldAbsent(a, nx),
+                        (x, y) => CExpr::Bin(
+                            op,
+                            Box::new(CExpr::Is(Box::new(x.optimize()), t, nx)),
+                            Box::new(CExpr::Is(Box::new(y.optimize()), u, ny)),
+                        ),
+                    }
                 }
                 (l, r) => CExpr::Bin(op, Box::new(l.optimize()), Box::new(r.optimize())),
             },
@@ -253,7 +280,7 @@ impl CExpr {
             )),
             CExpr::Is(x, test, negated) => Owned(Value::Bool(is(&x.eval(env), *test) != *negated)),
             CExpr::Call(f, x) => Owned(builtin(*f, x.eval(env).as_ref())),
-            CExpr::FieldCmpNum(..) => Owned(Value::Bool(self.test(env))),
+            CExpr::FieldCmpNum(..) | CExpr::FieldAbsent(..) => Owned(Value::Bool(self.test(env))),
             CExpr::Info(i) => Owned(match i {
                 MatchInfo::Key => env
                     .key
@@ -281,6 +308,17 @@ fn is(v: &Value, test: IsTest) -> bool {
         IsTest::Null => matches!(v, Value::Null),
         IsTest::Missing => matches!(v, Value::Missing),
     }
+}
+
+/// Whether the current event's field in `slot` is missing or null.
+#[inline]
+fn field_absent(slot: u32, env: &Env) -> bool {
+    env.current.is_none_or(|ev| {
+        matches!(
+            ev.slots.get(slot as usize),
+            None | Some(Value::Missing | Value::Null)
+        )
+    })
 }
 
 #[inline]
@@ -373,6 +411,7 @@ pub fn reads_bound_fields<'a>(vars: usize, exprs: impl Iterator<Item = &'a CExpr
             CExpr::Const(_)
             | CExpr::Field(_)
             | CExpr::FieldCmpNum(..)
+            | CExpr::FieldAbsent(..)
             | CExpr::Time(_)
             | CExpr::Agg(_, _, None)
             | CExpr::History(_)
@@ -501,6 +540,11 @@ impl CExpr {
                     op.symbol()
                 )
             }
+            CExpr::FieldAbsent(slot, _) => format!(
+                "{} was {}",
+                self.source(names),
+                shown(&CExpr::Field(*slot).eval(env))
+            ),
             other => format!("{} was {}", other.source(names), shown(&other.eval(env))),
         }
     }
@@ -531,6 +575,10 @@ impl CExpr {
                 format!("{} {} {}", l.source(names), op.symbol(), r.source(names))
             }
             CExpr::FieldCmpNum(op, s, n) => format!("{} {} {n}", field(s), op.symbol()),
+            CExpr::FieldAbsent(s, false) => format!("{0} is missing or {0} is null", field(s)),
+            CExpr::FieldAbsent(s, true) => {
+                format!("{0} is not missing and {0} is not null", field(s))
+            }
             CExpr::History(q) => q.source.clone(),
             CExpr::SincePrevious(_) => "time since previous".into(),
             _ => "(expression)".into(),
@@ -542,5 +590,65 @@ fn shown(v: &Value) -> String {
     match v {
         Value::Missing => "missing".into(),
         other => other.to_json().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Key, Slots};
+    use BinaryOp::{And, Or};
+
+    fn is(slot: u32, test: IsTest, negated: bool) -> Box<CExpr> {
+        Box::new(CExpr::Is(Box::new(CExpr::Field(slot)), test, negated))
+    }
+
+    fn event(values: &[Value]) -> Event {
+        Event {
+            time: 0,
+            key: Key::new("k"),
+            slots: Slots::from_fn(values.len(), |i| values[i].clone()),
+            hash: 0,
+            raw: None,
+        }
+    }
+
+    #[test]
+    fn a_missing_or_null_test_is_one_test_that_answers_as_the_two() {
+        use IsTest::{Missing, Null};
+        let values = [
+            Value::Missing,
+            Value::Null,
+            Value::Int(0),
+            Value::Str("x".into()),
+            Value::Bool(false),
+        ];
+        for (op, negated) in [(Or, false), (And, true)] {
+            for (t, u) in [(Missing, Null), (Null, Missing)] {
+                let plain = CExpr::Bin(op, is(1, t, negated), is(1, u, negated));
+                let fused = plain.clone().optimize();
+                assert!(
+                    matches!(fused, CExpr::FieldAbsent(1, n) if n == negated),
+                    "{fused:?}"
+                );
+                for v in &values {
+                    let ev = event(&[Value::Int(1), v.clone()]);
+                    let env = Env::of_event(&ev, None);
+                    assert_eq!(fused.test(&env), plain.test(&env), "{op:?} {t:?} {v:?}");
+                    assert_eq!(fused.eval(&env), plain.eval(&env), "{op:?} {t:?} {v:?}");
+                }
+            }
+        }
+        // Not the pair: a test twice, mixed negations, `and` without
+        // negations, two fields.
+        for plain in [
+            CExpr::Bin(Or, is(1, Missing, false), is(1, Missing, false)),
+            CExpr::Bin(Or, is(1, Missing, false), is(1, Null, true)),
+            CExpr::Bin(And, is(1, Missing, false), is(1, Null, false)),
+            CExpr::Bin(Or, is(0, Missing, false), is(1, Null, false)),
+        ] {
+            let kept = plain.clone().optimize();
+            assert!(matches!(kept, CExpr::Bin(..)), "{kept:?}");
+        }
     }
 }
