@@ -41,7 +41,9 @@ use crate::value::Value;
 pub use alert::{Alert, AlertKind};
 use captures::{capture_slots, CaptureSlots, Columns, SlotCaptures};
 pub use decode::{decode, decode_with, FieldRef};
-use decode::{decode_captured, decode_parts, record_values, LastDecoded, SlotValues, TextCache};
+use decode::{
+    decode_captured, decode_parts, record_values, LastDecoded, SlotValues, TextCache, TimeText,
+};
 pub use matcher::{KeyChange, KeyRuns, Limits, MatchStats, Matcher};
 use pattern_matcher::PatternMatcher;
 
@@ -209,6 +211,10 @@ pub struct Engine {
     values: Vec<Value>,
     /// Each capture's recent texts (see [`decode::TextCache`]).
     texts: Vec<TextCache>,
+    /// The last event time read from text (see [`decode::TimeText`]),
+    /// for patterns alike; boxed, so that taking it for a record moves a
+    /// pointer (moving it whole cost the peer file's one pattern 1 %).
+    time_text: Option<Box<TimeText>>,
     /// The captures some pattern keeps in an event slot.
     slot_captures: SlotCaptures,
     /// The columns of the last CSV header seen, as captures.
@@ -251,6 +257,7 @@ impl Engine {
         Engine {
             alike,
             texts: vec![TextCache::default(); extractor.len()],
+            time_text: Some(Box::default()),
             config,
             patterns,
             extractor,
@@ -460,7 +467,8 @@ impl Engine {
                 };
             }
         }
-        let mut last = LastDecoded::default();
+        let mut time_text = if ALIKE { self.time_text.take() } else { None };
+        let mut last = LastDecoded::new(time_text.as_deref_mut());
         let mut newest = None;
         for i in 0..self.patterns.len() {
             let a = &self.patterns[i].0;
@@ -495,6 +503,9 @@ impl Engine {
             );
         }
         self.values = values;
+        if ALIKE {
+            self.time_text = time_text;
+        }
         newest
     }
 
