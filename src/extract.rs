@@ -455,30 +455,16 @@ impl Extractor {
         // the replacement path.)
         let text = std::str::from_utf8(row.as_slice()).unwrap_or("");
         for (i, slot) in columns.iter().enumerate() {
-            let (Some(slot), Some(range)) = (*slot, row.range(i)) else {
-                continue;
-            };
+            let Some(slot) = *slot else { continue };
             let typed = row.cell_type(i);
-            let found = match (typed, text.get(range.clone())) {
-                // Typed on the reader thread (see `crate::input::Cells`).
-                (Some(t), Some(_)) => {
-                    cell_found(t, Found::Str(range.start as u32, range.end as u32))
-                }
-                (None, Some(cell)) => cell_found(
-                    cell_type(cell, nulls),
-                    Found::Str(range.start as u32, range.end as u32),
-                ),
-                (_, None) => {
-                    let lossy = String::from_utf8_lossy(&row.as_slice()[range]);
-                    let from = out.unescaped.len();
-                    out.unescaped.push_str(&lossy);
-                    let to = out.unescaped.len();
-                    let cell = &out.unescaped[from..to];
-                    cell_found(
-                        cell_type(cell, nulls),
-                        Found::Unescaped(from as u32, to as u32),
-                    )
-                }
+            // A cell the reader typed (see `crate::input::Cells`) as a
+            // number or no value is taken as it is: its text is not read.
+            let found = match typed {
+                Some(CellType::Text) | None => match row.range(i) {
+                    Some(range) => cell_text(row, text, range, typed, nulls, out),
+                    None => continue,
+                },
+                Some(t) => cell_found(t, Found::Absent),
             };
             if let Some(found) = found {
                 out.found[slot] = found;
@@ -487,6 +473,32 @@ impl Extractor {
         Fields {
             text: Text::Row(text),
             caps: out,
+        }
+    }
+}
+
+/// The capture of a text cell of `row` (`text`, when the row is UTF-8),
+/// or one its reader did not type (`typed` is `None`).
+fn cell_text(
+    row: &crate::input::Cells,
+    text: &str,
+    range: std::ops::Range<usize>,
+    typed: Option<CellType>,
+    nulls: &[String],
+    out: &mut Captures,
+) -> Option<Found> {
+    let span = Found::Str(range.start as u32, range.end as u32);
+    match (typed, text.get(range.clone())) {
+        (Some(t), Some(_)) => cell_found(t, span),
+        (None, Some(cell)) => cell_found(cell_type(cell, nulls), span),
+        (_, None) => {
+            let lossy = String::from_utf8_lossy(&row.as_slice()[range]);
+            let from = out.unescaped.len();
+            out.unescaped.push_str(&lossy);
+            let to = out.unescaped.len();
+            let cell = &out.unescaped[from..to];
+            let span = Found::Unescaped(from as u32, to as u32);
+            cell_found(cell_type(cell, nulls), span)
         }
     }
 }

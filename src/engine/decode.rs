@@ -146,9 +146,39 @@ fn composite_key<'v>(
     a: &Automaton,
     get: impl Fn(FieldRef) -> Option<Field<'v>>,
 ) -> Result<Key, DecodeError> {
-    // Each part written straight into one string (a string per part, and
-    // the joined one grown as they came, was three allocations a record
-    // for the flight year's `carrier, origin`).
+    // Texts that fit joined on the stack (a string made and freed a
+    // record was a tenth of the flight year's `carrier, origin` key);
+    // numbers and longer keys written into a string.
+    let mut buf = [0u8; COMPOSITE_KEY];
+    let mut len = 0;
+    for (n, p) in a.key_paths.iter().enumerate() {
+        let part = match get(FieldRef::Key(n)) {
+            Some(Field::Str(s)) => s,
+            None | Some(Field::Null) => return Err(missing_key(p)),
+            Some(_) => return composite_key_text(a, get),
+        };
+        let sep = if n > 0 { KEY_SEPARATOR.len_utf8() } else { 0 };
+        let Some(place) = buf.get_mut(len..len + sep + part.len()) else {
+            return composite_key_text(a, get);
+        };
+        if sep > 0 {
+            KEY_SEPARATOR.encode_utf8(&mut place[..sep]);
+        }
+        place[sep..].copy_from_slice(part.as_bytes());
+        len += sep + part.len();
+    }
+    // Texts and a separator: UTF-8.
+    let text = std::str::from_utf8(&buf[..len]).map_err(|e| DecodeError(e.to_string()))?;
+    Ok(Key::new(text))
+}
+
+/// [`composite_key`], each part written straight into one string.
+fn composite_key_text<'v>(
+    a: &Automaton,
+    get: impl Fn(FieldRef) -> Option<Field<'v>>,
+) -> Result<Key, DecodeError> {
+    // (A string per part, and the joined one grown as they came, was three
+    // allocations a record for the flight year's `carrier, origin`.)
     let mut text = String::with_capacity(COMPOSITE_KEY);
     for (n, p) in a.key_paths.iter().enumerate() {
         if n > 0 {
@@ -383,6 +413,50 @@ mod tests {
             Value::Str(s) => s,
             other => panic!("a text, found {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_composite_key_is_its_parts_joined_whatever_they_are() {
+        let src =
+            "pattern p\n  from s\n  key a, b\n  time t\n  match x\n  define x as v > 0\nend\n";
+        let a = &crate::compiler::compile_source("p.cep", src).unwrap()[0];
+        let long = "x".repeat(COMPOSITE_KEY);
+        let parts: [Option<Field>; 7] = [
+            Some(Field::Str("EV")),
+            Some(Field::Str("")),
+            Some(Field::Str(&long)),
+            Some(Field::Str("é")),
+            Some(Field::Int(-42)),
+            Some(Field::Null),
+            None,
+        ];
+        for first in parts {
+            for second in parts {
+                let get = |f| match f {
+                    FieldRef::Key(0) => first,
+                    FieldRef::Key(_) => second,
+                    _ => None,
+                };
+                let (fast, slow) = (composite_key(a, get), composite_key_text(a, get));
+                assert_eq!(
+                    fast.as_ref()
+                        .map(|k| k.as_str().to_string())
+                        .map_err(|e| &e.0),
+                    slow.as_ref()
+                        .map(|k| k.as_str().to_string())
+                        .map_err(|e| &e.0),
+                    "{first:?} {second:?}"
+                );
+                if let Ok(k) = fast {
+                    assert_eq!(k, slow.unwrap());
+                }
+            }
+        }
+        let get = |f| match f {
+            FieldRef::Key(0) => Some(Field::Str("EV")),
+            _ => Some(Field::Str("JFK")),
+        };
+        assert_eq!(composite_key(a, get).unwrap().as_str(), "EV\u{1f}JFK");
     }
 
     #[test]
