@@ -76,7 +76,9 @@ pub struct Inner {
     pub max_gap: Option<i64>,
     pub skip: SkipPlan,
     pub severity: Option<String>,
-    pub labels: Vec<(String, String)>,
+    /// As every alert carries them: a map each alert clones (building it
+    /// from a list sorted the labels again for every alert).
+    pub labels: std::collections::BTreeMap<String, String>,
     pub vars: Vec<VarInfo>,
     /// The condition of each variable; `None` matches any event.
     pub conditions: Vec<Option<CExpr>>,

@@ -136,7 +136,7 @@ pub fn build(
         start_ms: start,
         end_ms: end,
         severity: a.severity.clone(),
-        labels: a.labels.iter().cloned().collect(),
+        labels: a.labels.clone(),
         fields,
         events,
         bound: bindings
