@@ -133,9 +133,10 @@ impl Cells {
         Some(&self.as_slice()[range])
     }
 
-    /// Cell `i`'s type, when the reader typed it (see [`Block::types`]):
+    /// Cell `i`'s type, when the reader typed it (see the module's notes):
     /// the same as [`super::cell_type`] of its text with the input's null
-    /// markers.
+    /// markers. `None` when it did not: a column no pattern reads, a cell
+    /// that is not UTF-8, a row not read ahead.
     #[inline]
     pub fn cell_type(&self, i: usize) -> Option<CellType> {
         if i >= self.cells.len() {
