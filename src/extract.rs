@@ -464,6 +464,7 @@ impl Extractor {
                     Some(range) => cell_text(row, text, range, typed, nulls, out),
                     None => continue,
                 },
+                // A number or no value: there is no text to point at.
                 Some(t) => cell_found(t, Found::Absent),
             };
             if let Some(found) = found {

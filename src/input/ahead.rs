@@ -138,8 +138,7 @@ impl RowsAhead {
             .name("cep-read".into())
             .spawn(move || {
                 open_on_thread(&path, opened_tx, |reader, len, opened| {
-                    let typing = (&typed[..], &nulls_read[..]);
-                    parse_all(reader, len, typing, opened, block_tx)
+                    parse_all(reader, len, (&typed, nulls_read), opened, block_tx)
                 })
             })?;
         let (len, header) = match opened.recv() {
@@ -193,7 +192,7 @@ struct Typing {
 fn parse_all(
     reader: &mut dyn Read,
     len: Option<u64>,
-    (typed, nulls): (&[String], &[String]),
+    (typed, nulls): (&[String], Arc<[String]>),
     opened: SyncSender<Opened>,
     blocks: SyncSender<RowBlock>,
 ) {
@@ -206,7 +205,7 @@ fn parse_all(
     }
     let typing = Typing {
         columns: source.header.iter().map(|h| typed.contains(h)).collect(),
-        nulls: nulls.into(),
+        nulls,
     };
     let mut row = ByteRecord::new();
     let mut block = RowBlock::default();
