@@ -2,7 +2,7 @@
 //! binary. Patterns are added, replaced, switched and deleted while events
 //! flow; bad requests change nothing; a restart loads what was running.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -15,7 +15,7 @@
 //! subject's latest schema: a pattern reading a field it lacks is refused
 //! over the API, and the service refuses to start with one.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

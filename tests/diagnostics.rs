@@ -7,7 +7,7 @@
 //! To regenerate the `.err` files after a deliberate change to a message:
 //!
 //! ```text
-//! BLESS=1 cargo test --test diagnostics
+//! BLESS=1 cargo test --test integration diagnostics
 //! ```
 //!
 //! then read every changed `.err` file (`git diff tests/bad`) before

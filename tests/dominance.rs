@@ -12,7 +12,7 @@ use cep::compiler::compile_source;
 use cep::engine::{Engine, EngineConfig};
 use proptest::prelude::*;
 
-mod card_streams;
+use crate::card_streams;
 use card_streams::Card;
 
 /// (pattern with `{COND}` where the always-true, run-reading test goes).

@@ -20,7 +20,7 @@ use cep::compiler::compile_source;
 use cep::engine::{Engine, EngineConfig};
 use proptest::prelude::*;
 
-mod card_streams;
+use crate::card_streams;
 use card_streams::Card;
 
 const S: &str = "small as amount < 10";

@@ -5,7 +5,7 @@
 //! message naming the cause, `/readyz` never true meanwhile, and the
 //! password never printed.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

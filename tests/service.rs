@@ -2,7 +2,7 @@
 //! real binary, real topics, alerts read back from the alert topic and
 //! compared with what `cep replay` finds in the same events.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

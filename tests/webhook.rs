@@ -3,7 +3,7 @@
 //! down for a while, checks every HMAC signature and rejects one alert for
 //! good.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
