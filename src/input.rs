@@ -612,6 +612,33 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// A dead letter's row, written through a small buffer, is what
+        /// csv's writer gives with its own, however long its cells, and
+        /// reads back as the same cells.
+        #[test]
+        fn rows_are_written_whole_whatever_their_length(
+            cells in prop::collection::vec(prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..20),
+                prop::collection::vec(prop_oneof![Just(b'x'), Just(b','), Just(b'"'), Just(b'\n')], 200..1200),
+            ], 1..6),
+        ) {
+            let ours = rows::row_bytes(cells.iter().map(Vec::as_slice));
+            let mut w = csv::WriterBuilder::new()
+                .terminator(csv::Terminator::Any(b'\n'))
+                .from_writer(Vec::new());
+            w.write_record(&cells).unwrap();
+            let mut theirs = w.into_inner().unwrap();
+            theirs.pop();
+            prop_assert_eq!(&ours, &theirs);
+            let mut back = csv::ReaderBuilder::new().has_headers(false).from_reader(&ours[..]);
+            let read: Vec<Vec<u8>> = back.byte_records().next().unwrap().unwrap().iter().map(<[u8]>::to_vec).collect();
+            if cells != [Vec::<u8>::new()] {
+                prop_assert_eq!(read, cells);
+            }
+        }
+    }
+
     #[test]
     fn a_line_longer_than_the_buffer_is_read_whole() {
         let long = "x".repeat(3 * READ_SIZE + 17);
