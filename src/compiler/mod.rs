@@ -78,7 +78,7 @@ pub struct Inner {
     pub severity: Option<String>,
     /// As every alert carries them: one map every alert shares (building
     /// it from a list sorted the labels again for every alert, and cloning
-    /// it was 2,000 instructions an alert).
+    /// it took 1,300 instructions an alert, besides freeing the clone).
     pub labels: std::sync::Arc<std::collections::BTreeMap<String, String>>,
     pub vars: Vec<VarInfo>,
     /// The condition of each variable; `None` matches any event.

@@ -1,7 +1,6 @@
 //! RFC 3339 event times in the shape nearly every feed writes them,
 //! `2013-01-01T10:00:00Z` (with or without fractional seconds, `Z` or a
-//! numeric offset), read without a general parser; and alert times written
-//! in that shape ([`write_utc`]).
+//! numeric offset), read without a general parser.
 //!
 //! [`crate::event::parse_time`] tries [`epoch_millis`] first and hands
 //! anything else to chrono, whose answer is the reference: this reader
@@ -35,59 +34,6 @@ pub fn epoch_millis(s: &str) -> Option<i64> {
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3_600 + minute * 60 + second - offset;
     Some(secs * 1_000 + millis)
-}
-
-/// `ms` (since the epoch) as chrono writes it with
-/// `to_rfc3339_opts(SecondsFormat::AutoSi, true)`: `2013-01-01T10:00:00Z`,
-/// with `.mmm` when the milliseconds are not zero. `None` outside years
-/// 0 to 9999, which chrono writes with a sign. Every alert carries two of
-/// these, and chrono's formatter took 800 instructions for one.
-pub fn write_utc(ms: i64) -> Option<String> {
-    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (year, month, day) = civil_from_days(days);
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    let (secs, millis) = (in_day / 1000, in_day % 1000);
-    let mut b = *b"0000-00-00T00:00:00.000Z";
-    put_digits(&mut b[0..4], year);
-    put_digits(&mut b[5..7], month);
-    put_digits(&mut b[8..10], day);
-    put_digits(&mut b[11..13], secs / 3600);
-    put_digits(&mut b[14..16], secs / 60 % 60);
-    put_digits(&mut b[17..19], secs % 60);
-    let len = if millis == 0 {
-        b[19] = b'Z';
-        20
-    } else {
-        put_digits(&mut b[20..23], millis);
-        24
-    };
-    // Only ASCII digits and punctuation were written.
-    String::from_utf8(b[..len].to_vec()).ok()
-}
-
-/// `n`'s last `place.len()` decimal digits into `place`.
-fn put_digits(place: &mut [u8], mut n: i64) {
-    for d in place.iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, the inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The two ASCII digits at `at` as a number.
@@ -201,49 +147,8 @@ mod tests {
         }
     }
 
-    fn chrono_text(ms: i64) -> Option<String> {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-    }
-
-    #[test]
-    fn times_are_written_as_chrono_writes_them() {
-        for ms in [
-            0,
-            -1,
-            1,
-            999,
-            1_000,
-            1_357_034_400_000,
-            1_357_034_400_100,
-            951_782_400_000,     // 2000-02-29
-            -62_167_219_200_000, // 0000-01-01
-            253_402_300_799_999, // 9999-12-31T23:59:59.999
-        ] {
-            assert_eq!(write_utc(ms), chrono_text(ms), "{ms}");
-        }
-        // Years chrono writes with a sign.
-        for ms in [-62_167_219_200_001, 253_402_300_800_000, i64::MIN, i64::MAX] {
-            assert_eq!(write_utc(ms), None, "{ms}");
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4_000))]
-
-        #[test]
-        fn written_times_never_differ_from_chrono(
-            ms in -70_000_000_000_000i64..260_000_000_000_000,
-            whole in any::<bool>(),
-        ) {
-            let ms = if whole { ms - ms.rem_euclid(1000) } else { ms };
-            if let Some(text) = write_utc(ms) {
-                prop_assert_eq!(Some(text.clone()), chrono_text(ms));
-                prop_assert_eq!(epoch_millis(&text), Some(ms));
-            } else {
-                prop_assert!(chrono_text(ms).is_none_or(|t| !t.starts_with(|c: char| c.is_ascii_digit())));
-            }
-        }
 
         /// Whatever this reader answers, chrono answers the same; and it
         /// answers every real instant of the shape.
